@@ -1,0 +1,152 @@
+"""Methods against closed forms for Gaussian data: conversions, continuity, losses, couplings."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from scipy.optimize import linear_sum_assignment
+
+from harness.analytic import GaussianData
+from harness.errors import ConfigError, UnknownNameError
+from harness.methods import (METHODS, ScorePrediction, build_method, default_method_options,
+                             exact_ot_coupling)
+from harness.paths import VEPath
+
+DATA = GaussianData(mean=torch.tensor([1.0, -0.5], dtype=torch.float64), std=0.5)
+
+
+def _points(n=256, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, generator=g, dtype=torch.float64) * 1.5
+
+
+def test_registry_has_the_seven_methods():
+    assert set(METHODS.names()) == {"fm-ot", "rectified-flow", "ot-cfm", "fm-diffusion", "ddpm",
+                                    "score-matching", "scoreflow"}
+    for entry in METHODS.entries():
+        assert entry.meta["family"] in ("baseline", "flow-matching") and entry.meta["display"]
+
+
+def test_converted_velocity_equals_closed_form(method):
+    """epsilon / score -> velocity conversions agree with the analytic marginal velocity."""
+    x = _points()
+    for t in (0.0, 0.3, 0.9, method.t_max):
+        tb = torch.full((x.shape[0],), t, dtype=torch.float64)
+        out = DATA.network_output(method, tb, x)
+        torch.testing.assert_close(method.velocity(out, x, tb), DATA.velocity(method.path, tb, x),
+                                   rtol=1e-8, atol=1e-8)
+
+
+def test_score_parameterization_recovers_score():
+    m = build_method("scoreflow")
+    x = _points()
+    t = torch.full((x.shape[0],), 0.4, dtype=torch.float64)
+    torch.testing.assert_close(m.score(DATA.network_output(m, t, x), x, t), DATA.score(m.path, t, x))
+
+
+def test_marginal_velocity_solves_continuity_equation(method):
+    """d/dt log p_t + div v + v . grad log p_t = 0 for the Gaussian marginal p_t."""
+    path = method.path
+    x = _points(32).requires_grad_(True)
+    for t0 in (0.1, 0.5, 0.8):
+        t = torch.tensor(t0, dtype=torch.float64, requires_grad=True)
+
+        def log_p(xx, tt):
+            var = DATA.variance(path, tt)
+            return (-0.5 * ((xx - path.alpha(tt) * DATA.mean) ** 2).sum(1) / var
+                    - xx.shape[1] * 0.5 * torch.log(2 * torch.pi * var))
+
+        lp = log_p(x, t)
+        (dlogp_dt,) = torch.autograd.grad(lp.sum(), t, create_graph=True)
+        # d/dt log p per point: differentiate each point's value separately (t is shared).
+        dt = torch.stack([torch.autograd.grad(lp[i], t, retain_graph=True)[0] for i in range(len(x))])
+        grad_x = torch.autograd.grad(lp.sum(), x, retain_graph=True)[0]
+        v = DATA.velocity(path, t, x)
+        div = sum(torch.autograd.grad(v[:, i].sum(), x, retain_graph=True)[0][:, i] for i in range(2))
+        residual = dt + div + (v * grad_x).sum(1)
+        assert residual.abs().max().item() < 1e-8, (t0, residual.abs().max().item())
+        del dlogp_dt
+
+
+def test_oracle_minimises_training_loss(method):
+    """The exact network beats scaled versions of itself on the training loss (same noise).
+
+    ot-cfm is left out: re-coupling pairs changes the regression target's conditional mean, so the
+    independent-coupling field is not its minimiser (the coupling has its own test).
+    """
+    if method.coupling is not None:
+        pytest.skip("minibatch OT coupling changes the minimiser")
+    oracle = DATA.oracle(method)
+    g = torch.Generator().manual_seed(5)
+    x1 = DATA.mean + DATA.std * torch.randn(20000, 2, generator=g, dtype=torch.float64)
+
+    def loss(scale):
+        net = lambda x, t: scale * oracle(x, t)  # noqa: E731
+        return method.loss(net, x1, torch.Generator().manual_seed(7)).item()
+
+    best = loss(1.0)
+    assert best < loss(0.9) and best < loss(1.1)
+
+
+def test_scoreflow_times_follow_likelihood_weight():
+    """Importance-sampled times have density proportional to g^2 / sigma^2 (KS test)."""
+    m = build_method("scoreflow")
+    t = m.sample_time(20000, torch.Generator().manual_seed(0)).double()
+    assert t.min() >= 0 and t.max() <= m.t_max
+    grid = torch.cat([torch.linspace(0, 0.999, 4000), 1 - torch.logspace(-3, -5, 4000)]).double()
+    grid = grid[grid <= m.t_max]
+    w = m.path.diffusion_sq(grid) / m.path.sigma(grid) ** 2
+    cdf = torch.cat([torch.zeros(1), torch.cumulative_trapezoid(w, grid)]).numpy()
+    cdf /= cdf[-1]
+    stat = stats.kstest(t.numpy(), lambda q: np.interp(q, grid.numpy(), cdf)).statistic
+    assert stat < 0.015
+
+
+def test_scoreflow_loss_is_likelihood_weighted_expectation():
+    """Z E_q[|n - x0|^2] equals E_U[g^2/sigma^2 |n - x0|^2] for an error that varies with t."""
+    m = build_method("scoreflow")
+    h = lambda t: 1.0 + torch.sin(3 * t) ** 2  # noqa: E731 - stands in for the per-time error
+    t_q = m.sample_time(400000, torch.Generator().manual_seed(1)).double()
+    importance = m._likelihood_normaliser() * h(t_q).mean()
+    t_u = torch.linspace(0, m.t_max, 2_000_001, dtype=torch.float64)
+    w = m.path.diffusion_sq(t_u) / m.path.sigma(t_u) ** 2
+    direct = torch.trapezoid(w * h(t_u), t_u) / m.t_max
+    assert float(importance) == pytest.approx(float(direct), rel=0.01)
+
+
+def test_exact_ot_coupling_is_optimal_permutation():
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(64, 3, generator=g), torch.randn(64, 3, generator=g) + 2.0
+    a, b = exact_ot_coupling(x0, x1)
+    assert torch.equal(a, x0)
+    assert sorted(map(tuple, b.tolist())) == sorted(map(tuple, x1.tolist()))  # a permutation
+    cost = torch.cdist(x0.double(), x1.double()).pow(2).numpy()
+    rows, cols = linear_sum_assignment(cost)
+    assert ((a - b).double().pow(2).sum(1).sum().item()
+            == pytest.approx(cost[rows, cols].sum(), rel=1e-9))
+
+
+def test_prior_log_prob_matches_scipy():
+    m = build_method("score-matching", sigma_max=3.0)
+    x = torch.randn(10, 4, dtype=torch.float64)
+    expected = stats.norm(0, 3.0).logpdf(x.numpy()).sum(1)
+    np.testing.assert_allclose(m.prior_log_prob(x).numpy(), expected, rtol=1e-12)
+    assert isinstance(m.path, VEPath) and m.path.prior_std == 3.0
+
+
+def test_bad_names_and_options_are_clear():
+    with pytest.raises(UnknownNameError, match="valid: ddpm"):
+        build_method("fm-sb")
+    with pytest.raises(ConfigError, match="no option 'sigma_max'.*valid: sigma_min"):
+        build_method("fm-ot", sigma_max=1.0)
+    with pytest.raises(ConfigError, match="sigma_min"):
+        build_method("ot-cfm", sigma_min=1.0)
+    with pytest.raises(ConfigError, match="VP path only"):
+        ScorePrediction(VEPath(), weighting="likelihood")
+
+
+def test_ve_sigma_max_defaults_to_data_diameter():
+    data = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0]])
+    assert default_method_options("score-matching", data, is_image=False) == {"sigma_max": 5.0}
+    assert default_method_options("score-matching", data, is_image=True) == {}
+    assert default_method_options("fm-ot", data, is_image=False) == {}
