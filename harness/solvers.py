@@ -95,6 +95,9 @@ def solve(field: Callable, y0, t0: float, t1: float, solver: str = "dopri5", *,
     options: dict = {}
     if spec.adaptive:
         kwargs = dict(atol=atol, rtol=rtol)
+        # Adaptive steps may overshoot the end and interpolate back; past t_max the VP path is
+        # undefined (NaN), so force a step to land exactly on the final time.
+        options["step_t"] = torch.tensor([t1], dtype=dtype, device=device)
     else:
         if nfe is None:
             raise ConfigError(f"solver {solver!r} needs an NFE budget")
