@@ -1,0 +1,165 @@
+"""The ``fmbench`` command line. User mistakes become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from harness import __version__
+from harness.errors import ConfigError, DataError, HarnessError
+
+EXAMPLES = """\
+Examples:
+  fmbench list
+  fmbench trial --method fm-ot --dataset 8gaussians
+  fmbench trial --method ddpm --dataset moons --steps 3000 --json
+  fmbench trial --method fm-ot --dataset digits --steps 2000 --batch-size 128
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + error
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fmbench", description="Benchmark Flow Matching and diffusion models.",
+                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fmbench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("list", help="list methods, datasets, models, solvers and metrics")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("trial", help="train and evaluate one (method, dataset, seed)",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", required=True, help="a method name (fmbench list)")
+    p.add_argument("--dataset", required=True, help="a dataset name (fmbench list)")
+    p.add_argument("--seed", type=int, default=0, help="seeds data, init, noise (default 0)")
+    p.add_argument("--steps", type=_positive(int), default=2000, help="optimizer steps (2000)")
+    p.add_argument("--batch-size", type=_positive(int), default=256, help="batch size (256)")
+    p.add_argument("--lr", type=_positive(float), default=1e-3, help="peak learning rate (1e-3)")
+    p.add_argument("--sigma-min", type=float, help="sigma_min of fm-ot / ot-cfm (1e-4)")
+    p.add_argument("--tol", type=_positive(float), default=1e-5,
+                   help="dopri5 atol = rtol for NFE and NLL (1e-5)")
+    p.add_argument("--samples", type=_positive(int), default=2000,
+                   help="dopri5 samples for NFE and W2/MMD (2000)")
+    p.add_argument("--nll-samples", type=_positive(int), default=1000,
+                   help="held-out examples for NLL (1000)")
+    p.add_argument("--dequant-draws", type=_positive(int), default=1,
+                   help="uniform dequantization draws K for bits/dim (1)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto)")
+    p.add_argument("--data-root", help="folder with dataset files ($FMBENCH_DATA)")
+    p.add_argument("--no-download", action="store_true", help="never download datasets")
+    p.add_argument("--out", default="trials", help="parent folder for the trial's files (trials)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    return parser
+
+
+def cmd_list(args) -> int:
+    from harness.datasets import DATASETS
+    from harness.methods import METHODS
+    from harness.metrics import METRICS
+    from harness.models import MODELS
+    from harness.solvers import SOLVERS
+
+    families = {"methods": METHODS, "datasets": DATASETS, "models": MODELS, "solvers": SOLVERS,
+                "metrics": METRICS}
+    if args.json:
+        out = {k: [{"name": e.name, "summary": e.summary,
+                    **{m: v for m, v in e.meta.items() if isinstance(v, (str, int, float))}}
+                   for e in reg.entries()] for k, reg in families.items()}
+        print(json.dumps(out, indent=2))
+        return 0
+    for title, reg in families.items():
+        print(f"{title}:")
+        for e in reg.entries():
+            print(f"  {e.name:<16} {e.summary}")
+    return 0
+
+
+def cmd_trial(args) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from harness.device import resolve_device
+    from harness.evaluate import EvalConfig
+    from harness.train import TrainConfig
+    from harness.trial import TrialSpec, run_trial
+
+    if args.data_root is not None and not Path(args.data_root).expanduser().is_dir():
+        raise DataError(f"data root {args.data_root} does not exist or is not a folder")
+    options = {} if args.sigma_min is None else {"sigma_min": args.sigma_min}
+    spec = TrialSpec(method=args.method, dataset=args.dataset, seed=args.seed,
+                     method_options=options, data_root=args.data_root,
+                     download=not args.no_download,
+                     train=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                       precision=args.precision),
+                     eval=EvalConfig(tol=args.tol, samples=args.samples,
+                                     nll_samples=args.nll_samples,
+                                     dequant_draws=args.dequant_draws))
+    from harness.methods import METHODS, build_method
+
+    METHODS.entry(spec.method)
+    if options:  # validate before loading data or training
+        build_method(spec.method, **options)
+    device = resolve_device(args.device)
+    bar = tqdm(total=spec.train.steps, desc=f"train {spec.name}", file=sys.stderr,
+               unit="step", dynamic_ncols=True, mininterval=0.5)
+
+    def progress(step: int, loss: float) -> None:
+        bar.n = step
+        if step % 50 == 0 or step == spec.train.steps:
+            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+            bar.refresh()
+
+    try:
+        result = run_trial(spec, Path(args.out) / spec.name, device=device, progress=progress,
+                           announce=lambda msg: bar.write(msg, file=sys.stderr))
+    finally:
+        bar.close()
+    if args.json:
+        payload = result.to_json()
+        payload.pop("losses")
+        print(json.dumps(payload, default=str))
+    else:
+        print(f"{spec.name}: {result.training.step} steps on {device}, files in {result.out_dir}")
+        for name, value in result.metrics.items():
+            print(f"  {name:<12} {value:.6g}")
+        for p in result.evaluation.error_curve:
+            print(f"  error {p.solver:<8} NFE {p.nfe:<4} {p.error:.3e}")
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "trial": cmd_trial}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except HarnessError as exc:
+        print(f"fmbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fmbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Evaluation of a trained network: NFE, NLL (nats or bits/dim), sample quality, numerical error.
+
+Everything goes through the method's probability-flow velocity (DESIGN.md §3), so every method is
+measured by the same solvers. Noise, probes and dequantization come from generators seeded by
+``EvalConfig.seed``: the same seed gives every method the same prior noise.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from harness.datasets import Dataset
+from harness.errors import ConfigError
+from harness.likelihood import bits_per_dim, log_likelihood
+from harness.methods import Method
+from harness.metrics import mmd2, wasserstein2
+from harness.solvers import SOLVERS, NFECounter, solve
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation settings; every field is recorded with the run.
+
+    tol: atol = rtol of dopri5 for sampling NFE and NLL (the paper's 1e-5).
+    samples: dopri5 samples drawn for NFE and sample quality.
+    nll_samples: held-out examples whose likelihood is computed (all if larger than the test set).
+    dequant_draws: K uniform dequantization draws per image; bits/dim is averaged over them.
+    divergence: "auto" (exact up to 16 dims), "exact" or "hutchinson".
+    solvers, nfe_budgets: the fixed-step grid of the numerical-error curve (budget = steps x stages;
+        budgets below one step of a solver are skipped).
+    error_samples: noise draws for the numerical-error curve.
+    reference_tol: dopri5 tolerance of the float64 reference solution for numerical error.
+    batch_size: examples per solve; adaptive NFE is the mean over these batch solves.
+    seed: seeds prior noise, Hutchinson probes and dequantization.
+    """
+
+    tol: float = 1e-5
+    samples: int = 2000
+    nll_samples: int = 1000
+    dequant_draws: int = 1
+    divergence: str = "auto"
+    solvers: tuple[str, ...] = ("euler", "midpoint", "rk4")
+    nfe_budgets: tuple[int, ...] = (4, 8, 16, 32)
+    error_samples: int = 256
+    reference_tol: float = 1e-7
+    batch_size: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (self.tol > 0 and self.reference_tol > 0):
+            raise ConfigError(f"tolerances must be > 0, got tol={self.tol}, "
+                              f"reference_tol={self.reference_tol}")
+        for name in ("samples", "nll_samples", "dequant_draws", "error_samples", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"evaluation {name} must be > 0, got {getattr(self, name)}")
+        for s in self.solvers:
+            if SOLVERS.get(s).adaptive:
+                raise ConfigError(f"solver {s!r} is adaptive; list fixed-step solvers only")
+        if any(b <= 0 for b in self.nfe_budgets):
+            raise ConfigError(f"NFE budgets must be > 0, got {list(self.nfe_budgets)}")
+
+
+@dataclass(frozen=True)
+class ErrorPoint:
+    """One point of the numerical-error curve: MSE per dimension vs the dopri5 reference."""
+
+    solver: str
+    nfe: int
+    error: float
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """metrics: name -> value (names registered in harness.metrics); samples: dopri5 samples."""
+
+    metrics: dict[str, float]
+    error_curve: list[ErrorPoint] = field(default_factory=list)
+    samples: Tensor | None = None
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield start, min(size, n - start)
+
+
+@torch.no_grad()
+def sample(method: Method, net: nn.Module, noise: Tensor, solver: str = "dopri5", *,
+           tol: float = 1e-5, nfe: int | None = None, times=None):
+    """Solve the probability-flow ODE from prior noise (batch, *shape); returns (Solution, NFE)."""
+    counter = NFECounter(net)
+    sol = solve(method.velocity_field(counter), noise, 0.0, method.t_max, solver, atol=tol,
+                rtol=tol, nfe=nfe, times=times)
+    return sol, counter.count
+
+
+def _noise(method: Method, n: int, shape, seed: int, device) -> Tensor:
+    return method.sample_prior(n, shape, torch.Generator().manual_seed(seed), device)
+
+
+def evaluate_sampling(method, net, dataset, cfg, device) -> tuple[dict[str, float], Tensor]:
+    """dopri5 samples at ``cfg.tol``: mean NFE per batch solve, and W2/MMD for vector data."""
+    noise = _noise(method, cfg.samples, dataset.shape, cfg.seed, device)
+    outs, counts = [], []
+    for start, n in _chunks(cfg.samples, cfg.batch_size):
+        sol, count = sample(method, net, noise[start:start + n], tol=cfg.tol)
+        outs.append(sol.x.cpu())
+        counts.append(count)
+    samples = torch.cat(outs)
+    metrics = {"nfe": sum(counts) / len(counts)}
+    if not dataset.is_image:
+        reference = dataset.test[: cfg.samples]
+        metrics["w2"] = wasserstein2(samples, reference)
+        metrics["mmd"] = mmd2(samples, reference)
+    return metrics, samples
+
+
+def evaluate_likelihood(method, net, dataset, cfg, device) -> dict[str, float]:
+    """NLL of held-out data: nats per example (continuous) or bits/dim averaged over K draws."""
+    test = dataset.test[: cfg.nll_samples]
+    draws = cfg.dequant_draws if dataset.is_discrete else 1
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    values, nfes = [], []
+    for _ in range(draws):
+        for start, n in _chunks(len(test), cfg.batch_size):
+            x = dataset.to_model_space(test[start:start + n], gen).to(device)
+            res = log_likelihood(method, net, x, divergence=cfg.divergence, atol=cfg.tol,
+                                 rtol=cfg.tol, generator=gen)
+            lp = res.log_prob.double().cpu()
+            values.append(bits_per_dim(lp, dataset.dim, dataset.levels) if dataset.is_discrete
+                          else -lp)
+            nfes.append(res.nfe)
+    allv = torch.cat(values)
+    name = "bpd" if dataset.is_discrete else "nll"
+    return {name: float(allv.mean()), f"{name}_se": float(allv.std() / math.sqrt(len(allv))),
+            "nll_nfe": sum(nfes) / len(nfes)}
+
+
+def evaluate_numerical_error(method, net, dataset, cfg, device) -> list[ErrorPoint]:
+    """Per-dimension MSE of fixed-step solutions against a float64 dopri5 solution at
+    ``reference_tol`` from the same noise (the paper's Figure 7, left)."""
+    noise = _noise(method, cfg.error_samples, dataset.shape, cfg.seed + 2, device)
+    ref_net = copy.deepcopy(net).double()
+    reference, _ = sample(method, ref_net, noise.double(), tol=cfg.reference_tol)
+    points = []
+    for solver in cfg.solvers:
+        stages = SOLVERS.get(solver).stages
+        for budget in cfg.nfe_budgets:
+            if budget < stages:
+                continue
+            sol, count = sample(method, net, noise, solver, nfe=budget)
+            err = (sol.x.double() - reference.x).pow(2).mean().item()
+            points.append(ErrorPoint(solver, count, err))
+    return points
+
+
+def evaluate(method: Method, net: nn.Module, dataset: Dataset, cfg: EvalConfig,
+             device: torch.device | str = "cpu") -> EvalResult:
+    """All evaluations of one trained network (pass the EMA weights)."""
+    net = net.to(device).eval()
+    metrics, samples = evaluate_sampling(method, net, dataset, cfg, device)
+    metrics.update(evaluate_likelihood(method, net, dataset, cfg, device))
+    curve = evaluate_numerical_error(method, net, dataset, cfg, device)
+    return EvalResult(metrics=metrics, error_curve=curve, samples=samples)

@@ -1,0 +1,179 @@
+"""The training loop: AdamW with warmup, EMA, gradient clipping, bf16 autocast, resumable.
+
+All randomness of a run (batch indices, dequantization, noise, times) comes from one CPU generator
+seeded by ``TrainConfig.seed``, whose state is checkpointed with the weights, the optimizer and the
+EMA. Resuming from step k therefore continues the same run: it ends with the same parameters as a
+run that was never stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from harness.checkpoint import load_checkpoint, save_checkpoint
+from harness.datasets import Dataset
+from harness.errors import CheckpointError, ConfigError, DivergenceError
+from harness.methods import Method
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+Progress = Callable[[int, float], None]
+"""Called after every optimizer step with (step, latest logged mean loss or NaN before the first)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimization settings; every field is recorded with the run.
+
+    steps: optimizer steps in total (a resumed run continues up to this number).
+    batch_size: examples per step (the global batch).
+    lr: peak AdamW learning rate, reached after ``warmup_steps`` of linear warmup, then constant
+        (the Flow Matching paper's image schedule).
+    weight_decay: AdamW decoupled weight decay.
+    ema_decay: EMA of the weights used for evaluation; the effective decay ramps up as
+        min(ema_decay, (1 + step) / (10 + step)) so early averages are not dominated by init.
+    grad_clip: max global gradient norm; 0 turns clipping off.
+    checkpoint_every: steps between checkpoints; 0 writes only the final one.
+    log_every: steps between recorded (mean) losses; also how often the loss is checked for NaN/inf.
+    precision: "fp32", or "bf16" for autocast of the forward pass (weights stay fp32).
+    """
+
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 10
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"training {name} must be > 0, got {getattr(self, name)}")
+        for name in ("warmup_steps", "checkpoint_every", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"training {name} must be >= 0, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"training lr must be a positive number, got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"unknown precision {self.precision!r}; valid: fp32, bf16")
+
+    def resume_key(self) -> dict:
+        """Settings a checkpoint must share to be resumed (``steps`` may grow)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("steps", "checkpoint_every")}
+
+
+@dataclass
+class TrainResult:
+    """net: trained weights; ema: EMA weights (evaluate these); losses: (step, mean loss) pairs."""
+
+    net: nn.Module
+    ema: nn.Module
+    step: int
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    resumed_from: int = 0
+
+
+def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
+    ema_p = [p for p in ema.parameters()]
+    net_p = [p.detach() for p in net.parameters()]
+    torch._foreach_lerp_(ema_p, net_p, 1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), net.buffers()):
+        b_ema.copy_(b)
+
+
+def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
+          device: torch.device | str = "cpu", checkpoint_dir: str | Path | None = None,
+          progress: Progress | None = None, stop_after: int | None = None) -> TrainResult:
+    """Train ``net`` with ``method``'s loss on ``dataset``; resume from ``checkpoint_dir`` if it
+    holds a checkpoint. ``stop_after`` ends the call early at that step (after checkpointing),
+    as an interruption would."""
+    device = torch.device(device)
+    net = net.to(device)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(cfg.warmup_steps, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step, losses = 0, []
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
+
+    if ckpt_path is not None and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, map_location=device)
+        if state.get("train_config") != cfg.resume_key():
+            raise CheckpointError(f"checkpoint {ckpt_path} was written with different training "
+                                  "settings; use another folder or delete it")
+        try:
+            net.load_state_dict(state["net"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            gen.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {ckpt_path} does not match this model ({exc})"[:300])
+        step, losses = int(state["step"]), [tuple(x) for x in state["losses"]]
+    resumed_from = step
+
+    def checkpoint() -> None:
+        if ckpt_path is None:
+            return
+        save_checkpoint(ckpt_path, {
+            "step": step, "net": net.state_dict(), "ema": ema.state_dict(),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "losses": [list(x) for x in losses], "train_config": cfg.resume_key()})
+
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                              enabled=cfg.precision == "bf16")
+    net.train()
+    started = time.perf_counter()
+    window = torch.zeros((), device=device)
+    while step < cfg.steps:
+        idx = torch.randint(len(dataset.train), (cfg.batch_size,), generator=gen)
+        x1 = dataset.to_model_space(dataset.train[idx], gen).to(device, non_blocking=True)
+        with autocast:
+            loss = method.loss(net, x1, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        step += 1
+        with torch.no_grad():
+            _ema_update(ema, net, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        window = window + loss.detach().float()
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            # One host sync per log interval keeps the GPU queue full between them.
+            n = step % cfg.log_every or cfg.log_every
+            mean = float(window) / n
+            window.zero_()
+            if not math.isfinite(mean):
+                raise DivergenceError(f"training loss became {mean} between steps "
+                                      f"{step - n + 1} and {step}; last good checkpoint kept")
+            losses.append((step, mean))
+        if progress is not None:
+            progress(step, losses[-1][1] if losses else math.nan)
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
+            checkpoint()
+        if stop_after is not None and step >= stop_after:
+            break
+    net.eval()
+    ema.eval()
+    return TrainResult(net, ema, step, losses, time.perf_counter() - started, resumed_from)
