@@ -113,26 +113,35 @@ def cmd_trial(args) -> int:
                      eval=EvalConfig(tol=args.tol, samples=args.samples,
                                      nll_samples=args.nll_samples,
                                      dequant_draws=args.dequant_draws))
+    from harness.datasets import DATASETS
     from harness.methods import METHODS, build_method
 
-    METHODS.entry(spec.method)
-    if options:  # validate before loading data or training
+    METHODS.entry(spec.method)  # validate names and options before loading data or training
+    DATASETS.entry(spec.dataset)
+    if options:
         build_method(spec.method, **options)
     device = resolve_device(args.device)
-    bar = tqdm(total=spec.train.steps, desc=f"train {spec.name}", file=sys.stderr,
-               unit="step", dynamic_ncols=True, mininterval=0.5)
+    bars: list[tqdm] = []  # created at the first step, so early errors print no bar
 
     def progress(step: int, loss: float) -> None:
+        if not bars:
+            bars.append(tqdm(total=spec.train.steps, desc=f"train {spec.name}", file=sys.stderr,
+                             unit="step", dynamic_ncols=True, mininterval=0.5))
+        bar = bars[0]
         bar.n = step
         if step % 50 == 0 or step == spec.train.steps:
             bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
             bar.refresh()
 
+    def announce(message: str) -> None:
+        print(message, file=sys.stderr)
+
     try:
         result = run_trial(spec, Path(args.out) / spec.name, device=device, progress=progress,
-                           announce=lambda msg: bar.write(msg, file=sys.stderr))
+                           announce=announce)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     if args.json:
         payload = result.to_json()
         payload.pop("losses")

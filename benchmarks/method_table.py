@@ -1,0 +1,66 @@
+"""Every registered method on 2-D datasets at an equal training budget: NFE, NLL, W2, MMD.
+
+    python benchmarks/method_table.py [--datasets 8gaussians moons] [--steps 2000] [--seeds 0]
+
+Prints one Markdown table (mean over seeds) and a one-line summary of the OT-vs-diffusion NFE claim.
+Runs through the same trial runner as `fmbench trial`, so numbers match the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from harness.evaluate import EvalConfig
+from harness.methods import METHODS
+from harness.train import TrainConfig
+from harness.trial import TrialSpec, run_trial
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=["8gaussians", "moons"])
+    p.add_argument("--methods", nargs="+", default=METHODS.names())
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--samples", type=int, default=2000)
+    p.add_argument("--nll-samples", type=int, default=1000)
+    p.add_argument("--out", help="folder for trial files and results.json (default: a temp dir)")
+    args = p.parse_args()
+    out = Path(args.out or tempfile.mkdtemp(prefix="fmbench-table-"))
+
+    rows = []
+    for dataset in args.datasets:
+        for method in args.methods:
+            per_seed = []
+            for seed in args.seeds:
+                spec = TrialSpec(method=method, dataset=dataset, seed=seed,
+                                 train=TrainConfig(steps=args.steps),
+                                 eval=EvalConfig(samples=args.samples, nll_samples=args.nll_samples))
+                result = run_trial(spec, out / spec.name)
+                per_seed.append(result.metrics)
+                print(f"  {spec.name}: " + ", ".join(f"{k}={result.metrics[k]:.4g}"
+                      for k in ("nfe", "nll", "w2", "mmd", "nll_nfe")), flush=True)
+            mean = {k: statistics.fmean(m[k] for m in per_seed) for k in per_seed[0]}
+            rows.append({"dataset": dataset, "method": method, **mean})
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+
+    print(f"\n| dataset | method | NFE (dopri5 1e-5) ↓ | NLL (nats) ↓ | W2 ↓ | MMD² ↓ | NFE of NLL solve |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['dataset']} | {r['method']} | {r['nfe']:.0f} | {r['nll']:.3f} | {r['w2']:.3f} "
+              f"| {r['mmd']:.2e} | {r['nll_nfe']:.0f} |")
+    for dataset in args.datasets:
+        nfe = {r["method"]: r["nfe"] for r in rows if r["dataset"] == dataset}
+        if "fm-ot" in nfe and "fm-diffusion" in nfe:
+            verdict = "holds" if nfe["fm-ot"] < nfe["fm-diffusion"] else "does NOT hold"
+            print(f"{dataset}: OT needs fewer NFE than the VP path: {verdict} "
+                  f"({nfe['fm-ot']:.0f} vs {nfe['fm-diffusion']:.0f})")
+    print(f"results: {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
