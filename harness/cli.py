@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="held-out examples for NLL (1000)")
     p.add_argument("--dequant-draws", type=_positive(int), default=1,
                    help="uniform dequantization draws K for bits/dim (1)")
+    p.add_argument("--error-samples", type=_positive(int), default=256,
+                   help="noise draws for numerical error vs NFE (256)")
+    p.add_argument("--nfe-budgets", type=_positive(int), nargs="+", default=[4, 8, 16, 32],
+                   help="NFE budgets of the fixed-step solvers (4 8 16 32)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto)")
     p.add_argument("--data-root", help="folder with dataset files ($FMBENCH_DATA)")
@@ -112,7 +116,9 @@ def cmd_trial(args) -> int:
                                        precision=args.precision),
                      eval=EvalConfig(tol=args.tol, samples=args.samples,
                                      nll_samples=args.nll_samples,
-                                     dequant_draws=args.dequant_draws))
+                                     dequant_draws=args.dequant_draws,
+                                     error_samples=args.error_samples,
+                                     nfe_budgets=tuple(args.nfe_budgets)))
     from harness.datasets import DATASETS
     from harness.methods import METHODS, build_method
 

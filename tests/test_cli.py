@@ -24,7 +24,8 @@ def test_list_json_names_every_component(capsys):
 def test_trial_json_end_to_end(tmp_path):
     """The installed console script trains, evaluates and prints one JSON object on stdout."""
     cmd = ["fmbench", "trial", "--method", "rectified-flow", "--dataset", "moons", "--steps", "150",
-           "--batch-size", "64", "--samples", "200", "--nll-samples", "100", "--device", "cpu",
+           "--batch-size", "64", "--samples", "200", "--nll-samples", "100", "--error-samples", "32",
+           "--device", "cpu",
            "--out", str(tmp_path), "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -46,7 +47,8 @@ def test_trial_json_end_to_end(tmp_path):
 def test_image_trial_reports_bits_per_dim(tmp_path, capsys):
     code = main(["trial", "--method", "fm-ot", "--dataset", "digits", "--steps", "20",
                  "--batch-size", "16", "--samples", "16", "--nll-samples", "8",
-                 "--dequant-draws", "2", "--tol", "1e-3", "--device", "cpu", "--out",
+                 "--dequant-draws", "2", "--tol", "1e-3", "--error-samples", "2",
+                 "--nfe-budgets", "4", "8", "--device", "cpu", "--out",
                  str(tmp_path), "--json"])
     assert code == 0
     metrics = json.loads(capsys.readouterr().out)["metrics"]
@@ -60,7 +62,7 @@ BAD = [
     (["--method", "fm-ot", "--dataset", "moons", "--steps", "0"], "--steps: must be > 0"),
     (["--method", "fm-ot", "--dataset", "moons", "--steps", "ten"], "expected a int"),
     (["--method", "fm-ot", "--dataset", "moons", "--tol", "0"], "--tol: must be > 0"),
-    (["--method", "fm-ot", "--dataset", "moons", "--tol", "-1e-5"], "--tol: must be > 0"),
+    (["--method", "fm-ot", "--dataset", "moons", "--tol=-1e-5"], "--tol: must be > 0"),
     (["--method", "fm-ot", "--dataset", "moons", "--sigma-min", "1.5"], "sigma_min must be in [0, 1)"),
     (["--method", "fm-ot", "--dataset", "moons", "--sigma-min", "-0.1"], "sigma_min must be in [0, 1)"),
     (["--method", "ddpm", "--dataset", "moons", "--sigma-min", "0.1"], "no option 'sigma_min'"),
