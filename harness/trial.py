@@ -19,7 +19,10 @@ from harness.datasets import DATASETS, Dataset, load_dataset
 from harness.evaluate import EvalConfig, EvalResult, evaluate
 from harness.methods import METHODS, build_method, default_method_options
 from harness.models import MODELS, build_model, default_model_for
-from harness.train import Progress, TrainConfig, TrainResult, train
+from harness.checkpoint import load_checkpoint
+from harness.errors import CheckpointError
+from harness.methods import Method
+from harness.train import CHECKPOINT_NAME, Progress, TrainConfig, TrainResult, train
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # Small enough to train on a laptop CPU; suites set paper-scale models explicitly.
@@ -97,33 +100,74 @@ def resolve(spec: TrialSpec, dataset: Dataset) -> tuple[TrialSpec, dict[str, Any
     return resolved, config
 
 
+@dataclass(frozen=True, eq=False)
+class PreparedTrial:
+    """A trial with its data loaded and every default resolved: what train and eval tasks share."""
+
+    spec: TrialSpec
+    config: dict[str, Any]
+    dataset: Dataset
+    method: Method
+
+    def new_network(self) -> torch.nn.Module:
+        """The untrained network, initialised from the trial seed."""
+        torch.manual_seed(self.spec.seed)
+        return build_model(self.spec.model, self.dataset.shape, **self.spec.model_options)
+
+
+def prepare(spec: TrialSpec) -> PreparedTrial:
+    """Validate names, load the data and resolve defaults (cheap next to training)."""
+    METHODS.entry(spec.method)
+    DATASETS.entry(spec.dataset)
+    dataset = load_dataset(spec.dataset, seed=spec.seed, root=spec.data_root, download=spec.download)
+    spec, config = resolve(spec, dataset)
+    return PreparedTrial(spec, config, dataset, build_method(spec.method, **spec.method_options))
+
+
+def train_trial(prep: PreparedTrial, out_dir: str | Path, *, device: torch.device | str = "cpu",
+                progress: Progress | None = None) -> TrainResult:
+    """Write the resolved config, then train (resuming from ``out_dir``'s checkpoint if any)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({**prep.config, "device": str(device)}, indent=2,
+                                                default=str))
+    return train(prep.method, prep.dataset, prep.new_network(), prep.spec.train, device=device,
+                 checkpoint_dir=out, progress=progress)
+
+
+def load_trained(prep: PreparedTrial, out_dir: str | Path,
+                 device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The EMA network of a finished training run, read from its checkpoint (for eval tasks)."""
+    path = Path(out_dir) / CHECKPOINT_NAME
+    state = load_checkpoint(path, map_location=device)
+    if int(state.get("step", -1)) < prep.spec.train.steps:
+        raise CheckpointError(f"checkpoint {path} is at step {state.get('step')}, "
+                              f"training needs {prep.spec.train.steps}")
+    net = prep.new_network()
+    try:
+        net.load_state_dict(state["ema"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not match this model ({exc})"[:300]) from None
+    return net.to(device).eval()
+
+
 def run_trial(spec: TrialSpec, out_dir: str | Path, *, device: torch.device | str = "cpu",
               progress: Progress | None = None,
               announce: Callable[[str], None] | None = None) -> TrialResult:
     """Train and evaluate one trial in ``out_dir``; resumes training from its checkpoint.
     ``announce`` receives one line per phase (for progress displays)."""
     say = announce or (lambda msg: None)
-    DATASETS.entry(spec.dataset)
-    dataset = load_dataset(spec.dataset, seed=spec.seed, root=spec.data_root, download=spec.download)
-    spec, config = resolve(spec, dataset)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config["device"] = str(device)
-    (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
-
-    torch.manual_seed(spec.seed)  # model initialisation
-    method = build_method(spec.method, **spec.method_options)
-    net = build_model(spec.model, dataset.shape, **spec.model_options)
-    trained = train(method, dataset, net, spec.train, device=device, checkpoint_dir=out,
-                    progress=progress)
-    say(f"{spec.name}: trained {trained.step} steps in {trained.seconds:.1f} s; evaluating "
+    prep = prepare(spec)
+    trained = train_trial(prep, out_dir, device=device, progress=progress)
+    say(f"{prep.spec.name}: trained {trained.step} steps in {trained.seconds:.1f} s; evaluating "
         f"(dopri5 NFE and samples, NLL, error vs NFE)")
     started = time.perf_counter()
-    evaluation = evaluate(method, trained.ema, dataset, spec.eval, device)
+    evaluation = evaluate(prep.method, trained.ema, prep.dataset, prep.spec.eval, device)
     metrics = {**evaluation.metrics, "train_time": trained.seconds,
                "eval_time": time.perf_counter() - started}
     if trained.losses:
         metrics["train_loss"] = trained.losses[-1][1]
-    result = TrialResult(config, metrics, evaluation, trained, out)
+    out = Path(out_dir)
+    result = TrialResult(prep.config, metrics, evaluation, trained, out)
     (out / "result.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
     return result
