@@ -61,6 +61,9 @@ class EvalConfig:
         for s in self.solvers:
             if SOLVERS.get(s).adaptive:
                 raise ConfigError(f"solver {s!r} is adaptive; list fixed-step solvers only")
+        if self.divergence not in ("auto", "exact", "hutchinson"):
+            raise ConfigError(f"unknown divergence {self.divergence!r}; valid: auto, exact, "
+                              "hutchinson")
         if any(b <= 0 for b in self.nfe_budgets):
             raise ConfigError(f"NFE budgets must be > 0, got {list(self.nfe_budgets)}")
 

@@ -73,8 +73,10 @@ class TrainConfig:
             raise ConfigError(f"unknown precision {self.precision!r}; valid: fp32, bf16")
 
     def resume_key(self) -> dict:
-        """Settings a checkpoint must share to be resumed (``steps`` may grow)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("steps", "checkpoint_every")}
+        """Settings a checkpoint must share to be resumed (``steps`` may grow; how often the run
+        checkpoints or logs changes no parameter)."""
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("steps", "checkpoint_every", "log_every")}
 
 
 @dataclass

@@ -1,0 +1,269 @@
+"""Ray scheduling of a suite: the only module that imports Ray (DESIGN.md §2).
+
+Each trial is a train task followed by an eval task, each with the suite's resources (fractional
+GPUs allowed). Tasks log straight to their MLflow run through a picklable RunLogger and return a
+small summary to the driver, which shows progress, skips finished trials (same key), reopens
+unfinished ones (training resumes from the checkpoint), and cancels everything on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from harness.tracking import (FAILED, FINISHED, KEY, KILLED, KIND, SUITE, RunLogger, Tracker,
+                              git_commit)
+
+LOSS_FLUSH_SECONDS = 5.0
+
+
+# -- the work of a task (plain functions, so they can be tested without Ray) -----------------------
+def train_task(spec, checkpoint_dir: str, logger: RunLogger) -> dict[str, Any]:
+    """Train one trial (resuming from ``checkpoint_dir``), logging losses as they come."""
+    from harness.device import resolve_device
+    from harness.trial import prepare, train_trial
+
+    device = resolve_device("auto")
+    prep = prepare(spec)
+    logger.log_params(prep.config)
+    pending: list[tuple[int, float]] = []
+    last = [time.monotonic(), 0]
+
+    def progress(step: int, loss: float) -> None:
+        if step % prep.spec.train.log_every == 0 and math.isfinite(loss):
+            pending.append((step, loss))
+        if pending and (time.monotonic() - last[0] > LOSS_FLUSH_SECONDS
+                        or step == prep.spec.train.steps):
+            logger.log_history("train/loss", pending)
+            pending.clear()
+            last[0] = time.monotonic()
+
+    result = train_trial(prep, checkpoint_dir, device=device, progress=progress)
+    if pending:
+        logger.log_history("train/loss", pending)
+    logger.log_metrics({"time/train_s": result.seconds}, step=result.step)
+    return {"step": result.step, "seconds": result.seconds, "resumed_from": result.resumed_from,
+            "device": str(device)}
+
+
+def eval_task(spec, checkpoint_dir: str, logger: RunLogger) -> dict[str, float]:
+    """Evaluate a trained trial from its checkpoint; log final metrics, curves and artifacts."""
+    from harness.device import resolve_device
+    from harness.evaluate import evaluate
+    from harness.figures import image_grid, scatter_figure
+    from harness.trial import load_trained, prepare
+
+    device = resolve_device("auto")
+    prep = prepare(spec)
+    net = load_trained(prep, checkpoint_dir, device)
+    started = time.perf_counter()
+    result = evaluate(prep.method, net, prep.dataset, prep.spec.eval, device)
+    metrics = {**result.metrics, "eval_time": time.perf_counter() - started}
+    logger.log_metrics({f"final/{k}": v for k, v in metrics.items()}, step=prep.spec.train.steps)
+    for solver in {p.solver for p in result.error_curve}:
+        logger.log_history(f"error/{solver}", [(p.nfe, p.error) for p in result.error_curve
+                                               if p.solver == solver])
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "config.json").write_text(json.dumps(prep.config, indent=2, default=str))
+        (folder / "metrics.json").write_text(json.dumps(
+            {"metrics": metrics, "error_vs_nfe": [p.__dict__ for p in result.error_curve]},
+            indent=2))
+        title = f"{prep.spec.method} on {prep.spec.dataset} (seed {prep.spec.seed})"
+        if prep.dataset.is_image:
+            image_grid(result.samples, folder / "samples.png", title)
+        else:
+            scatter_figure(result.samples, prep.dataset.test[: len(result.samples)],
+                           folder / "samples.png", title)
+        for name in ("config.json", "metrics.json", "samples.png"):
+            logger.log_artifact(folder / name)
+    return metrics
+
+
+# -- the driver ---------------------------------------------------------------------------------
+@dataclass
+class TrialState:
+    trial: Any
+    logger: RunLogger | None = None
+    status: str = "queued"  # queued, training, evaluating, finished, failed, skipped, killed
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    started: float = 0.0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class SuiteSummary:
+    suite: str
+    parent_run_id: str | None
+    states: list[TrialState]
+    seconds: float
+
+    def count(self, status: str) -> int:
+        return sum(s.status == status for s in self.states)
+
+    @property
+    def ok(self) -> bool:
+        return self.count("failed") == 0 and self.count("killed") == 0
+
+
+def init_ray(address: str | None = None, **kwargs) -> None:
+    """Join ``address`` or start Ray on this machine; a no-op when Ray is already up."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=address, include_dashboard=False, logging_level="ERROR",
+             log_to_driver=False, **kwargs)
+
+
+def _checkpoint_dir(storage: str, suite_name: str, key: str) -> Path:
+    return Path(storage).expanduser() / suite_name / key
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc  # RayTaskError wraps the task's own exception
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}"[:500]
+
+
+class _Progress:
+    """One live line: queued / running / finished / failed, elapsed and ETA."""
+
+    def __init__(self, stream: TextIO, total: int) -> None:
+        self.stream, self.total, self.started = stream, total, time.monotonic()
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.last = 0.0
+
+    def show(self, states: list[TrialState], force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < (0.5 if self.tty else 10.0):
+            return
+        self.last = now
+        c = {k: sum(s.status == k for s in states) for k in
+             ("queued", "training", "evaluating", "finished", "failed", "skipped", "killed")}
+        done = [s.seconds for s in states if s.status == "finished" and s.seconds]
+        running = c["training"] + c["evaluating"]
+        remaining = c["queued"] + running
+        elapsed = now - self.started
+        eta = "?"
+        if done and remaining:
+            eta = _fmt(sum(done) / len(done) * remaining / max(running, 1))
+        elif not remaining:
+            eta = "0s"
+        line = (f"{c['queued']} queued · {running} running · {c['finished']} finished · "
+                f"{c['failed']} failed · {c['skipped']} skipped · elapsed {_fmt(elapsed)} · ETA {eta}")
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+def _fmt(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = None,
+              storage: str | None = None, force: bool = False,
+              stream: TextIO = sys.stderr) -> SuiteSummary:
+    """Run every trial of ``suite`` that has no finished run with the same key."""
+    import ray
+
+    tracker = Tracker(tracking_uri or suite.tracking_uri, suite.experiment)
+    tracker.connect()  # before any worker exists: the store and experiment are created once
+    existing = tracker.trial_runs()
+    storage = storage or suite.checkpoint_root
+    init_ray(address)
+    started = time.monotonic()
+    commit = git_commit()
+    parent = tracker.start_run(f"{suite.name} @ {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                               {KIND: "invocation", SUITE: suite.name, "fmbench.git_commit": commit})
+    if getattr(suite, "path", None):
+        parent.log_artifact(suite.path)
+
+    train = ray.remote(train_task)
+    evaluate = ray.remote(eval_task)
+    states = [TrialState(t) for t in suite.trials()]
+    inflight: dict[Any, tuple[str, TrialState]] = {}
+
+    def submit(state: TrialState, phase: str) -> None:
+        t = state.trial
+        res = t.train_resources if phase == "training" else t.eval_resources
+        fn = train if phase == "training" else evaluate
+        ckpt = str(_checkpoint_dir(storage, suite.name, t.key))
+        ref = fn.options(num_cpus=res.cpus, num_gpus=res.gpus, name=f"{phase[:5]}:{t.name}").remote(
+            t.spec, ckpt, state.logger)
+        inflight[ref] = (phase, state)
+        state.status = phase
+
+    for state in states:
+        t = state.trial
+        run = existing.get(t.key)
+        if run is not None and run.info.status == FINISHED and not force:
+            state.status = "skipped"
+            continue
+        if force:
+            shutil.rmtree(_checkpoint_dir(storage, suite.name, t.key), ignore_errors=True)
+        tags = {KIND: "trial", SUITE: suite.name, KEY: t.key, "fmbench.method": t.method.label,
+                "fmbench.dataset": t.dataset.name, "fmbench.seed": t.seed,
+                "fmbench.git_commit": commit}
+        if run is not None and not force:
+            state.logger = tracker.reopen(run.info.run_id)  # resumes from its checkpoint
+            state.logger.set_tags({"mlflow.parentRunId": parent.run_id})
+        else:
+            state.logger = tracker.start_run(t.name, tags, parent_id=parent.run_id)
+        state.started = time.monotonic()
+        submit(state, "training")
+
+    progress = _Progress(stream, len(states))
+    try:
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            for ref in ready:
+                phase, state = inflight.pop(ref)
+                try:
+                    value = ray.get(ref)
+                except Exception as exc:  # the task failed: record why, keep the others going
+                    state.status, state.reason = "failed", _first_line(exc)
+                    state.logger.finish(FAILED, state.reason)
+                    stream.write(f"\n{state.trial.name} failed: {state.reason}\n")
+                    continue
+                if phase == "training":
+                    submit(state, "evaluating")
+                else:
+                    state.status, state.metrics = "finished", value
+                    state.seconds = time.monotonic() - state.started
+                    state.logger.finish(FINISHED)
+            progress.show(states)
+    except KeyboardInterrupt:
+        for ref, (_, state) in inflight.items():
+            ray.cancel(ref, force=True)
+            state.status, state.reason = "killed", "interrupted (Ctrl-C)"
+            state.logger.finish(KILLED, state.reason)
+        parent.finish(KILLED, "interrupted (Ctrl-C)")
+        progress.show(states, force=True)
+        progress.close()
+        raise
+    progress.show(states, force=True)
+    progress.close()
+    summary = SuiteSummary(suite.name, parent.run_id, states, time.monotonic() - started)
+    parent.log_metrics({"trials/finished": summary.count("finished"),
+                        "trials/failed": summary.count("failed"),
+                        "trials/skipped": summary.count("skipped"),
+                        "time/wall_s": summary.seconds})
+    parent.finish(FINISHED if summary.ok else FAILED,
+                  None if summary.ok else f"{summary.count('failed')} trial(s) failed")
+    return summary

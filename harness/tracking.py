@@ -1,0 +1,208 @@
+"""MLflow tracking: the only module that talks to the tracking store (DESIGN.md §2).
+
+Layout users see in the MLflow UI: one experiment per suite, a parent run per ``fmbench run``
+invocation, one child run per trial tagged with its key. Workers log through :class:`RunLogger`,
+which is picklable (it carries the URI and run id, not a client) and retries with backoff, so a
+tracking server that restarts for a few seconds loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, TypeVar
+
+from harness import __version__
+from harness.errors import HarnessError
+
+T = TypeVar("T")
+
+TAG = "fmbench."
+KIND, SUITE, KEY, REASON = TAG + "kind", TAG + "suite", TAG + "trial_key", TAG + "failure"
+PARENT_TAG = "mlflow.parentRunId"
+FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
+
+
+class TrackingError(HarnessError):
+    """The tracking store cannot be reached or refused a request after retries."""
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The URI to use: ``uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's default SQLite store
+    ``./mlflow.db``. Relative SQLite paths are made absolute so Ray workers, whose working
+    directory may differ from the driver's, write to the same file."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return uri
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail at once, in one line, when an HTTP tracking server does not answer its health check."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            if resp.status != 200:
+                raise TrackingError(f"tracking server {uri} answered {resp.status} to /health")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(f"tracking server {uri} is unreachable ({reason})") from None
+
+
+def retry(fn: Callable[[], T], what: str, attempts: int = 6, first_wait: float = 0.5) -> T:
+    """Call ``fn`` until it succeeds, waiting 0.5, 1, 2, ... s between tries (about 30 s in all)."""
+    wait = first_wait
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # MLflow raises many types for a server that is down
+            if attempt == attempts - 1:
+                raise TrackingError(f"{what} failed after {attempts} tries: "
+                                    f"{str(exc).splitlines()[0][:200]}") from None
+            time.sleep(wait)
+            wait *= 2
+    raise AssertionError("unreachable")
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"train": {"lr": 1e-3}} -> {"train.lr": "0.001"}: MLflow params are flat strings."""
+    out: dict[str, str] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return out
+
+
+def git_commit() -> str:
+    """The commit of the checkout fmbench runs from, or "unknown" outside a git checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient  # imported lazily: the science core never needs MLflow
+
+    return MlflowClient(tracking_uri=uri)
+
+
+@dataclass(frozen=True)
+class RunLogger:
+    """Logs to one run from any process; every call retries with backoff."""
+
+    uri: str
+    run_id: str
+
+    def _do(self, what: str, fn: Callable[[Any], T]) -> T:
+        client = _client(self.uri)
+        return retry(lambda: fn(client), f"{what} for run {self.run_id}")
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        for i in range(0, len(batch), 500):  # log_batch accepts at most 1000 metrics a call
+            self._do("logging metrics", lambda c, b=batch[i:i + 500]: c.log_batch(self.run_id, metrics=b))
+
+    def log_history(self, key: str, points: Iterable[tuple[int, float]]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(v), now, int(s)) for s, v in points]
+        for i in range(0, len(batch), 500):
+            self._do("logging metrics", lambda c, b=batch[i:i + 500]: c.log_batch(self.run_id, metrics=b))
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):
+            self._do("logging params", lambda c, b=items[i:i + 100]: c.log_batch(self.run_id, params=b))
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        self._do("setting tags", lambda c: c.log_batch(self.run_id, tags=items))
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self._do("uploading an artifact", lambda c: c.log_artifact(self.run_id, str(path), folder))
+
+    def finish(self, status: str, reason: str | None = None) -> None:
+        if reason:
+            self.set_tags({REASON: reason[:5000]})
+        self._do("closing the run", lambda c: c.set_terminated(self.run_id, status=status))
+
+
+class Tracker:
+    """Driver-side access to a suite's experiment: create runs, find finished trials by key."""
+
+    def __init__(self, uri: str | None, experiment: str) -> None:
+        self.uri = resolve_tracking_uri(uri)
+        self.experiment = experiment
+        self._experiment_id: str | None = None
+
+    @property
+    def client(self):
+        return _client(self.uri)
+
+    def connect(self) -> str:
+        """Check the store answers and create the experiment once, here on the driver, before any
+        worker touches the store (several processes initialising a SQLite store at once race)."""
+        check_reachable(self.uri)
+        if self._experiment_id is None:
+            client = self.client
+
+            def get_or_create() -> str:
+                exp = client.get_experiment_by_name(self.experiment)
+                if exp is not None:
+                    if exp.lifecycle_stage == "deleted":
+                        client.restore_experiment(exp.experiment_id)
+                    return exp.experiment_id
+                return client.create_experiment(self.experiment, tags={KIND: "suite"})
+
+            self._experiment_id = retry(get_or_create, f"opening experiment {self.experiment!r} "
+                                                      f"at {self.uri}", attempts=3)
+        return self._experiment_id
+
+    def start_run(self, name: str, tags: dict[str, Any], parent_id: str | None = None) -> RunLogger:
+        tags = {**tags, "fmbench.harness_version": __version__}
+        if parent_id:
+            tags[PARENT_TAG] = parent_id
+        exp = self.connect()
+        run = retry(lambda: self.client.create_run(exp, tags={k: str(v) for k, v in tags.items()},
+                                                   run_name=name), f"creating run {name}")
+        return RunLogger(self.uri, run.info.run_id)
+
+    def reopen(self, run_id: str) -> RunLogger:
+        """Mark an unfinished run as running again (its trial resumes from its checkpoint)."""
+        retry(lambda: self.client.update_run(run_id, status=RUNNING), f"reopening run {run_id}")
+        return RunLogger(self.uri, run_id)
+
+    def trial_runs(self) -> dict[str, Any]:
+        """Latest run per trial key in this experiment (MLflow ``Run`` objects)."""
+        exp = self.connect()
+        runs: dict[str, Any] = {}
+        token = None
+        while True:
+            page = retry(lambda: self.client.search_runs(
+                [exp], filter_string=f"tags.`{KIND}` = 'trial'", max_results=1000,
+                order_by=["attributes.start_time ASC"], page_token=token), "searching runs")
+            for run in page:
+                runs[run.data.tags.get(KEY, "")] = run
+            token = page.token
+            if not token:
+                return runs
