@@ -11,6 +11,10 @@ from harness.errors import ConfigError, DataError, HarnessError
 
 EXAMPLES = """\
 Examples:
+  fmbench run suites/smoke.yaml
+  fmbench plan suites/smoke.yaml
+  fmbench status suites/smoke.yaml
+  fmbench ui
   fmbench list
   fmbench trial --method fm-ot --dataset 8gaussians
   fmbench trial --method ddpm --dataset moons --steps 3000 --json
@@ -40,6 +44,32 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"fmbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("validate", help="check a suite file and exit")
+    p.add_argument("suite", help="path to a suite YAML file")
+
+    p = sub.add_parser("plan", help="print a suite's trial grid with keys and resources")
+    p.add_argument("suite", help="path to a suite YAML file")
+
+    p = sub.add_parser("run", help="run a suite on Ray, tracked in MLflow",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("suite", help="path to a suite YAML file")
+    p.add_argument("--address", help="Ray cluster to join (e.g. auto); default: start Ray here")
+    p.add_argument("--tracking-uri", help="MLflow URI (default: suite, $MLFLOW_TRACKING_URI, "
+                                          "sqlite:///mlflow.db)")
+    p.add_argument("--storage", help="checkpoint root every node can reach (default: suite's)")
+    p.add_argument("--force", action="store_true", help="rerun every trial from scratch")
+
+    p = sub.add_parser("status", help="each trial's state and headline metrics from MLflow")
+    p.add_argument("suite", help="path to a suite YAML file")
+    p.add_argument("--tracking-uri", help="MLflow URI (as for run)")
+
+    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the tracking store")
+    p.add_argument("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI or "
+                                          "sqlite:///mlflow.db)")
+    p.add_argument("--port", type=_positive(int), default=5000, help="port (5000)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (127.0.0.1; anything else exposes the UI)")
 
     p = sub.add_parser("list", help="list methods, datasets, models, solvers and metrics")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -161,7 +191,117 @@ def cmd_trial(args) -> int:
     return 0
 
 
-COMMANDS = {"list": cmd_list, "trial": cmd_trial}
+def cmd_validate(args) -> int:
+    from harness.suite import load_suite
+
+    suite = load_suite(args.suite)
+    print(f"{args.suite}: ok ({len(suite.trials())} trials)")
+    return 0
+
+
+def _resources(r) -> str:
+    return f"{r.cpus:g} CPU, {r.gpus:g} GPU"
+
+
+def cmd_plan(args) -> int:
+    from harness.suite import load_suite
+
+    suite = load_suite(args.suite)
+    trials = suite.trials()
+    width = max(len(t.name) for t in trials)
+    print(f"suite {suite.name}: {len(trials)} trials "
+          f"({len(suite.methods)} methods x {len(suite.datasets)} datasets x {len(suite.seeds)} seeds)")
+    print(f"{'trial':<{width}}  {'key':<16}  {'train':<14}  {'eval':<14}  steps")
+    for t in trials:
+        print(f"{t.name:<{width}}  {t.key:<16}  {_resources(t.train_resources):<14}  "
+              f"{_resources(t.eval_resources):<14}  {t.spec.train.steps}")
+    return 0
+
+
+HEADLINE = ("nfe", "nll", "bpd", "w2", "mmd")
+
+
+def _print_table(rows: list[dict], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(r.get(c, "")) for r in rows)) for c in columns}
+    print("  ".join(f"{c:<{widths[c]}}" for c in columns))
+    for r in rows:
+        print("  ".join(f"{r.get(c, ''):<{widths[c]}}" for c in columns))
+
+
+def _fmt_metric(value) -> str:
+    return "—" if value is None else f"{value:.4g}"
+
+
+def cmd_run(args) -> int:
+    from harness.scheduler import run_suite
+    from harness.suite import load_suite
+
+    suite = load_suite(args.suite)
+    print(f"suite {suite.name}: {len(suite.trials())} trials", file=sys.stderr)
+    summary = run_suite(suite, address=args.address, tracking_uri=args.tracking_uri,
+                        storage=args.storage, force=args.force)
+    rows = []
+    for s in summary.states:
+        row = {"trial": s.trial.name, "status": s.status}
+        row.update({k: _fmt_metric(s.metrics.get(k)) for k in HEADLINE if s.metrics})
+        rows.append(row)
+    _print_table(rows, ["trial", "status", *[k for k in HEADLINE if any(k in r for r in rows)]])
+    for s in summary.states:
+        if s.status == "failed":
+            print(f"{s.trial.name}: {s.reason}")
+    print(f"{summary.count('finished')} finished, {summary.count('failed')} failed, "
+          f"{summary.count('skipped')} skipped (already finished) in {summary.seconds:.1f} s; "
+          f"MLflow experiment {suite.experiment!r}, parent run {summary.parent_run_id}")
+    return 0 if summary.ok else 1
+
+
+def cmd_status(args) -> int:
+    from harness.suite import load_suite
+    from harness.tracking import Tracker
+
+    suite = load_suite(args.suite)
+    tracker = Tracker(args.tracking_uri or suite.tracking_uri, suite.experiment)
+    runs = tracker.trial_runs()
+    rows = []
+    for t in suite.trials():
+        run = runs.get(t.key)
+        row = {"trial": t.name, "key": t.key,
+               "status": run.info.status.lower() if run else "not run"}
+        if run is not None:
+            m = run.data.metrics
+            row.update({k: _fmt_metric(m.get(f"final/{k}")) for k in HEADLINE
+                        if f"final/{k}" in m})
+            if run.info.status == "FAILED":
+                row["reason"] = run.data.tags.get("fmbench.failure", "")
+        rows.append(row)
+    columns = ["trial", "key", "status", *[k for k in HEADLINE if any(k in r for r in rows)]]
+    if any("reason" in r for r in rows):
+        columns.append("reason")
+    _print_table(rows, columns)
+    counts = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    print(", ".join(f"{n} {k}" for k, n in counts.items()) + f" (tracking {tracker.uri})")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    import subprocess
+
+    from harness.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        print(f"runs are on a tracking server: open {uri}")
+        return 0
+    print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    proc = subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                           "--host", args.host, "--port", str(args.port)])
+    return proc.returncode
+
+
+COMMANDS = {"list": cmd_list, "trial": cmd_trial, "validate": cmd_validate, "plan": cmd_plan,
+            "run": cmd_run, "status": cmd_status, "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fmbench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

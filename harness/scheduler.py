@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -33,24 +34,39 @@ def train_task(spec, checkpoint_dir: str, logger: RunLogger) -> dict[str, Any]:
     device = resolve_device("auto")
     prep = prepare(spec)
     logger.log_params(prep.config)
+    logger.set_tags({"fmbench.train_node": _node_id(), "fmbench.device": str(device),
+                     "fmbench.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")})
+    # A rerun may resume a run that already logged part of its curve: log only what is new.
+    logged = [logger.last_step("train/loss")]
     pending: list[tuple[int, float]] = []
-    last = [time.monotonic(), 0]
+    last_flush = [time.monotonic()]
+
+    def flush(points) -> None:
+        new = [p for p in points if p[0] > logged[0]]
+        if new:
+            logger.log_history("train/loss", new)
+            logged[0] = new[-1][0]
+        pending.clear()
+        last_flush[0] = time.monotonic()
 
     def progress(step: int, loss: float) -> None:
         if step % prep.spec.train.log_every == 0 and math.isfinite(loss):
             pending.append((step, loss))
-        if pending and (time.monotonic() - last[0] > LOSS_FLUSH_SECONDS
-                        or step == prep.spec.train.steps):
-            logger.log_history("train/loss", pending)
-            pending.clear()
-            last[0] = time.monotonic()
+        if pending and time.monotonic() - last_flush[0] > LOSS_FLUSH_SECONDS:
+            flush(list(pending))
 
     result = train_trial(prep, checkpoint_dir, device=device, progress=progress)
-    if pending:
-        logger.log_history("train/loss", pending)
+    flush(result.losses)  # the whole history: also what a resumed checkpoint logged elsewhere
     logger.log_metrics({"time/train_s": result.seconds}, step=result.step)
     return {"step": result.step, "seconds": result.seconds, "resumed_from": result.resumed_from,
             "device": str(device)}
+
+
+def _node_id() -> str:
+    """The Ray node this task runs on ("local" outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
 def eval_task(spec, checkpoint_dir: str, logger: RunLogger) -> dict[str, float]:
@@ -134,6 +150,32 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {text[0] if text else ''}"[:500]
 
 
+class _Capacity:
+    """CPUs and GPUs of the cluster not yet claimed by this driver's tasks."""
+
+    def __init__(self) -> None:
+        self.used = {"CPU": 0.0, "GPU": 0.0}
+        self.total = {"CPU": 0.0, "GPU": 0.0}
+
+    def refresh(self) -> None:
+        import ray
+
+        total = ray.cluster_resources()  # changes as nodes join or leave
+        self.total = {k: float(total.get(k, 0.0)) for k in self.used}
+
+    def fits(self, res) -> bool:
+        return (self.used["CPU"] + res.cpus <= self.total["CPU"] + 1e-9
+                and self.used["GPU"] + res.gpus <= self.total["GPU"] + 1e-9)
+
+    def take(self, res) -> None:
+        self.used["CPU"] += res.cpus
+        self.used["GPU"] += res.gpus
+
+    def give(self, res) -> None:
+        self.used["CPU"] -= res.cpus
+        self.used["GPU"] -= res.gpus
+
+
 class _Progress:
     """One live line: queued / running / finished / failed, elapsed and ETA."""
 
@@ -198,16 +240,30 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
     evaluate = ray.remote(eval_task)
     states = [TrialState(t) for t in suite.trials()]
     inflight: dict[Any, tuple[str, TrialState]] = {}
+    waiting: list[tuple[str, TrialState]] = []  # (phase, state); evals go first: they end trials
+    capacity = _Capacity()
 
-    def submit(state: TrialState, phase: str) -> None:
-        t = state.trial
-        res = t.train_resources if phase == "training" else t.eval_resources
-        fn = train if phase == "training" else evaluate
-        ckpt = str(_checkpoint_dir(storage, suite.name, t.key))
-        ref = fn.options(num_cpus=res.cpus, num_gpus=res.gpus, name=f"{phase[:5]}:{t.name}").remote(
-            t.spec, ckpt, state.logger)
-        inflight[ref] = (phase, state)
-        state.status = phase
+    def pump() -> None:
+        """Submit waiting tasks while the cluster has room, so the counts shown are honest."""
+        capacity.refresh()
+        while waiting:
+            phase, state = waiting[0]
+            t = state.trial
+            res = t.train_resources if phase == "training" else t.eval_resources
+            if not capacity.fits(res):
+                if inflight:
+                    return
+                stream.write(f"\nwarning: {t.name} asks for {res.cpus:g} CPU / {res.gpus:g} GPU, "
+                             f"more than the cluster has free; Ray will queue it until a node "
+                             f"with room joins\n")
+            waiting.pop(0)
+            fn = train if phase == "training" else evaluate
+            ckpt = str(_checkpoint_dir(storage, suite.name, t.key))
+            ref = fn.options(num_cpus=res.cpus, num_gpus=res.gpus,
+                             name=f"{phase[:5]}:{t.name}").remote(t.spec, ckpt, state.logger)
+            inflight[ref] = (phase, state)
+            capacity.take(res)
+            state.status = phase
 
     for state in states:
         t = state.trial
@@ -226,7 +282,8 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
         else:
             state.logger = tracker.start_run(t.name, tags, parent_id=parent.run_id)
         state.started = time.monotonic()
-        submit(state, "training")
+        waiting.append(("training", state))
+    pump()
 
     progress = _Progress(stream, len(states))
     try:
@@ -234,6 +291,8 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
             for ref in ready:
                 phase, state = inflight.pop(ref)
+                t = state.trial
+                capacity.give(t.train_resources if phase == "training" else t.eval_resources)
                 try:
                     value = ray.get(ref)
                 except Exception as exc:  # the task failed: record why, keep the others going
@@ -242,15 +301,18 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
                     stream.write(f"\n{state.trial.name} failed: {state.reason}\n")
                     continue
                 if phase == "training":
-                    submit(state, "evaluating")
+                    waiting.insert(0, ("evaluating", state))
+                    state.status = "queued"
                 else:
                     state.status, state.metrics = "finished", value
                     state.seconds = time.monotonic() - state.started
                     state.logger.finish(FINISHED)
+            pump()
             progress.show(states)
     except KeyboardInterrupt:
         for ref, (_, state) in inflight.items():
             ray.cancel(ref, force=True)
+        for state in {id(s): s for _, s in [*inflight.values(), *waiting]}.values():
             state.status, state.reason = "killed", "interrupted (Ctrl-C)"
             state.logger.finish(KILLED, state.reason)
         parent.finish(KILLED, "interrupted (Ctrl-C)")

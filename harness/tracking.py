@@ -125,6 +125,12 @@ class RunLogger:
         for i in range(0, len(batch), 500):
             self._do("logging metrics", lambda c, b=batch[i:i + 500]: c.log_batch(self.run_id, metrics=b))
 
+    def last_step(self, key: str) -> int:
+        """The largest step logged for metric ``key`` (-1 when none)."""
+        history = self._do("reading metric history",
+                           lambda c: c.get_metric_history(self.run_id, key))
+        return max((m.step for m in history), default=-1)
+
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 

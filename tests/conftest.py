@@ -21,3 +21,32 @@ def method(method_name):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One multi-node Ray cluster for the whole session (starting Ray costs ~6 s on 2 cores):
+    a head with 1 CPU and no GPU, and a worker node with 2 CPUs and 2 fake GPUs."""
+    import os
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # tests only: no token under ~/.ray
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    gpu_node = cluster.add_node(num_cpus=2, num_gpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, include_dashboard=False, logging_level="ERROR",
+             log_to_driver=False)
+    cluster.gpu_node_id = gpu_node.node_id
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory):
+    from tests.servers import mlflow_server
+
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
+        yield uri

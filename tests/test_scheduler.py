@@ -1,0 +1,119 @@
+"""Suites on a real multi-node Ray cluster, tracked in a real ``mlflow server`` on 127.0.0.1."""
+
+import io
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from harness.scheduler import run_suite
+from harness.suite import load_suite
+from harness.tracking import KEY, TrackingError, Tracker
+
+TINY = """\
+name: {name}
+methods: [fm-ot, ddpm]
+datasets: [moons]
+seeds: [0]
+model: {{vector: {{name: mlp, hidden: 32, depth: 2}}}}
+training: {{steps: 40, batch_size: 64, warmup_steps: 5, checkpoint_every: 20, log_every: 10}}
+evaluation: {{samples: 100, nll_samples: 50, error_samples: 8, nfe_budgets: [4, 8], tol: 1e-3,
+             reference_tol: 1e-5}}
+resources: {{train: {{cpus: 0.5, gpus: {gpus}}}, eval: {{cpus: 0.5, gpus: 0}}}}
+storage: {{checkpoints: {storage}}}
+tracking: {{experiment: {name}}}
+"""
+
+
+def _suite(tmp_path: Path, name: str, gpus: float = 0):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(TINY.format(name=name, gpus=gpus, storage=tmp_path / "ckpt"))
+    return load_suite(path)
+
+
+def test_suite_runs_and_logs_everything_to_mlflow_server(ray_cluster, mlflow_uri, tmp_path):
+    suite = _suite(tmp_path, "layout")
+    out = io.StringIO()
+    summary = run_suite(suite, tracking_uri=mlflow_uri, stream=out)
+    assert summary.count("finished") == 2 and summary.ok, out.getvalue()
+    assert "0 queued · 0 running · 2 finished · 0 failed" in out.getvalue()
+
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("layout")
+    runs = client.search_runs([exp.experiment_id])
+    trial_runs = [r for r in runs if r.data.tags.get("fmbench.kind") == "trial"]
+    parents = [r for r in runs if r.data.tags.get("fmbench.kind") == "invocation"]
+    assert len(trial_runs) == 2 and len(parents) == 1
+    assert {r.data.tags[KEY] for r in trial_runs} == {t.key for t in suite.trials()}
+    for run in trial_runs:
+        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        assert run.info.status == "FINISHED"
+        assert tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert tags["fmbench.suite"] == "layout" and tags["fmbench.dataset"] == "moons"
+        assert tags["fmbench.seed"] == "0" and tags["fmbench.harness_version"]
+        assert "fmbench.git_commit" in tags
+        assert params["train.steps"] == "40" and params["model"] == "mlp"
+        assert params["method"] in ("fm-ot", "ddpm")
+        for key in ("final/nfe", "final/nll", "final/w2", "final/mmd", "final/nll_nfe"):
+            assert key in metrics
+        history = client.get_metric_history(run.info.run_id, "train/loss")
+        assert [m.step for m in history] == [10, 20, 30, 40]
+        errors = client.get_metric_history(run.info.run_id, "error/rk4")
+        assert [m.step for m in errors] == [4, 8]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.json", "metrics.json", "samples.png"} <= artifacts
+
+    # A rerun of the finished suite schedules nothing ...
+    again = run_suite(suite, tracking_uri=mlflow_uri, stream=io.StringIO())
+    assert again.count("skipped") == 2 and again.count("finished") == 0
+    # ... and after deleting one trial's run, only that trial runs again.
+    client.delete_run(trial_runs[0].info.run_id)
+    third = run_suite(suite, tracking_uri=mlflow_uri, stream=io.StringIO())
+    assert third.count("finished") == 1 and third.count("skipped") == 1
+    rerun = [s for s in third.states if s.status == "finished"][0]
+    assert rerun.trial.key == trial_runs[0].data.tags[KEY]
+    live = [r for r in client.search_runs([exp.experiment_id])
+            if r.data.tags.get("fmbench.kind") == "trial"]
+    assert len(live) == 2 and all(r.info.status == "FINISHED" for r in live)
+    # The resumed trial's new run still carries its whole loss curve, once.
+    new_run = [r for r in live if r.data.tags[KEY] == rerun.trial.key][0]
+    steps = [m.step for m in client.get_metric_history(new_run.info.run_id, "train/loss")]
+    assert steps == [10, 20, 30, 40]
+
+
+def test_gpu_tasks_land_only_on_gpu_nodes(ray_cluster, tmp_path):
+    suite = _suite(tmp_path, "gpus", gpus=0.5)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    summary = run_suite(suite, tracking_uri=uri, stream=io.StringIO())
+    assert summary.ok
+    runs = Tracker(uri, "gpus").trial_runs()
+    assert len(runs) == 2
+    for run in runs.values():
+        assert run.data.tags["fmbench.train_node"] == ray_cluster.gpu_node_id
+        assert run.data.tags["fmbench.cuda_visible_devices"] in ("0", "1")
+
+
+def test_failed_trial_is_recorded_and_others_finish(ray_cluster, tmp_path, monkeypatch):
+    suite = _suite(tmp_path, "fails")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # A corrupt checkpoint in one trial's folder makes only that trial fail, with the reason.
+    bad = suite.trials()[0]
+    folder = tmp_path / "ckpt" / "fails" / bad.key
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(b"\0garbage")
+    out = io.StringIO()
+    summary = run_suite(suite, tracking_uri=uri, stream=out)
+    assert summary.count("failed") == 1 and summary.count("finished") == 1 and not summary.ok
+    runs = Tracker(uri, "fails").trial_runs()
+    failed = runs[bad.key]
+    assert failed.info.status == "FAILED"
+    assert "corrupt or truncated" in failed.data.tags["fmbench.failure"]
+    assert f"{bad.name} failed: CheckpointError" in out.getvalue()
+
+
+def test_unreachable_tracking_server_fails_at_once():
+    from tests.servers import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(TrackingError, match=f"tracking server {uri} is unreachable"):
+        Tracker(uri, "x").connect()
