@@ -122,6 +122,13 @@ def evaluate_sampling(method, net, dataset, cfg, device) -> tuple[dict[str, floa
     return metrics, samples
 
 
+def evaluate_during_training(method, net, dataset, cfg, device) -> dict[str, float]:
+    """The cheap part of evaluation, for curves against training step: dopri5 NFE and, for
+    vector data, W2/MMD of samples (images get FID here once it exists)."""
+    metrics, _ = evaluate_sampling(method, net, dataset, cfg, device)
+    return metrics
+
+
 def evaluate_likelihood(method, net, dataset, cfg, device) -> dict[str, float]:
     """NLL of held-out data: nats per example (continuous) or bits/dim averaged over K draws."""
     test = dataset.test[: cfg.nll_samples]

@@ -55,7 +55,13 @@ def train_task(spec, checkpoint_dir: str, logger: RunLogger) -> dict[str, Any]:
         if pending and time.monotonic() - last_flush[0] > LOSS_FLUSH_SECONDS:
             flush(list(pending))
 
-    result = train_trial(prep, checkpoint_dir, device=device, progress=progress)
+    def on_eval(step: int, ema) -> None:
+        from harness.evaluate import evaluate_during_training
+
+        metrics = evaluate_during_training(prep.method, ema, prep.dataset, prep.spec.eval, device)
+        logger.log_metrics({f"during/{k}": v for k, v in metrics.items()}, step=step)
+
+    result = train_trial(prep, checkpoint_dir, device=device, progress=progress, on_eval=on_eval)
     flush(result.losses)  # the whole history: also what a resumed checkpoint logged elsewhere
     logger.log_metrics({"time/train_s": result.seconds}, step=result.step)
     return {"step": result.step, "seconds": result.seconds, "resumed_from": result.resumed_from,

@@ -25,6 +25,10 @@ from harness.methods import Method
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
+EvalHook = Callable[[int, nn.Module], None]
+"""Called every ``eval_every`` steps with (step, EMA network in eval mode); must not touch the
+global RNG or the network's weights (evaluations seed their own generators)."""
+
 Progress = Callable[[int, float], None]
 """Called after every optimizer step with (step, latest logged mean loss or NaN before the first)."""
 
@@ -43,6 +47,8 @@ class TrainConfig:
     grad_clip: max global gradient norm; 0 turns clipping off.
     checkpoint_every: steps between checkpoints; 0 writes only the final one.
     log_every: steps between recorded (mean) losses; also how often the loss is checked for NaN/inf.
+    eval_every: steps between evaluations of the EMA weights during training (0: none); the
+        evaluation itself is the caller's ``on_eval`` hook.
     precision: "fp32", or "bf16" for autocast of the forward pass (weights stay fp32).
     """
 
@@ -56,13 +62,14 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
     log_every: int = 10
+    eval_every: int = 0
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"training {name} must be > 0, got {getattr(self, name)}")
-        for name in ("warmup_steps", "checkpoint_every", "weight_decay", "grad_clip"):
+        for name in ("warmup_steps", "checkpoint_every", "eval_every", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"training {name} must be >= 0, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -76,7 +83,7 @@ class TrainConfig:
         """Settings a checkpoint must share to be resumed (``steps`` may grow; how often the run
         checkpoints or logs changes no parameter)."""
         return {k: v for k, v in asdict(self).items()
-                if k not in ("steps", "checkpoint_every", "log_every")}
+                if k not in ("steps", "checkpoint_every", "log_every", "eval_every")}
 
 
 @dataclass
@@ -101,7 +108,8 @@ def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
 
 def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
           device: torch.device | str = "cpu", checkpoint_dir: str | Path | None = None,
-          progress: Progress | None = None, stop_after: int | None = None) -> TrainResult:
+          progress: Progress | None = None, on_eval: EvalHook | None = None,
+          stop_after: int | None = None) -> TrainResult:
     """Train ``net`` with ``method``'s loss on ``dataset``; resume from ``checkpoint_dir`` if it
     holds a checkpoint. ``stop_after`` ends the call early at that step (after checkpointing),
     as an interruption would."""
@@ -174,6 +182,10 @@ def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
             progress(step, losses[-1][1] if losses else math.nan)
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
             checkpoint()
+        if on_eval is not None and cfg.eval_every and step % cfg.eval_every == 0:
+            ema.eval()
+            on_eval(step, ema)
+            ema.train()
         if stop_after is not None and step >= stop_after:
             break
     net.eval()

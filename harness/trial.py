@@ -22,7 +22,7 @@ from harness.models import MODELS, build_model, default_model_for
 from harness.checkpoint import load_checkpoint
 from harness.errors import CheckpointError
 from harness.methods import Method
-from harness.train import CHECKPOINT_NAME, Progress, TrainConfig, TrainResult, train
+from harness.train import CHECKPOINT_NAME, EvalHook, Progress, TrainConfig, TrainResult, train
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # Small enough to train on a laptop CPU; suites set paper-scale models explicitly.
@@ -125,14 +125,14 @@ def prepare(spec: TrialSpec) -> PreparedTrial:
 
 
 def train_trial(prep: PreparedTrial, out_dir: str | Path, *, device: torch.device | str = "cpu",
-                progress: Progress | None = None) -> TrainResult:
+                progress: Progress | None = None, on_eval: EvalHook | None = None) -> TrainResult:
     """Write the resolved config, then train (resuming from ``out_dir``'s checkpoint if any)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({**prep.config, "device": str(device)}, indent=2,
                                                 default=str))
     return train(prep.method, prep.dataset, prep.new_network(), prep.spec.train, device=device,
-                 checkpoint_dir=out, progress=progress)
+                 checkpoint_dir=out, progress=progress, on_eval=on_eval)
 
 
 def load_trained(prep: PreparedTrial, out_dir: str | Path,

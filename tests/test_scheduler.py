@@ -16,7 +16,8 @@ methods: [fm-ot, ddpm]
 datasets: [moons]
 seeds: [0]
 model: {{vector: {{name: mlp, hidden: 32, depth: 2}}}}
-training: {{steps: 40, batch_size: 64, warmup_steps: 5, checkpoint_every: 20, log_every: 10}}
+training: {{steps: 40, batch_size: 64, warmup_steps: 5, checkpoint_every: 20, log_every: 10,
+           eval_every: 20}}
 evaluation: {{samples: 100, nll_samples: 50, error_samples: 8, nfe_budgets: [4, 8], tol: 1e-3,
              reference_tol: 1e-5}}
 resources: {{train: {{cpus: 0.5, gpus: {gpus}}}, eval: {{cpus: 0.5, gpus: 0}}}}
@@ -58,6 +59,8 @@ def test_suite_runs_and_logs_everything_to_mlflow_server(ray_cluster, mlflow_uri
             assert key in metrics
         history = client.get_metric_history(run.info.run_id, "train/loss")
         assert [m.step for m in history] == [10, 20, 30, 40]
+        during = client.get_metric_history(run.info.run_id, "during/w2")
+        assert [m.step for m in during] == [20, 40] and all(m.value > 0 for m in during)
         errors = client.get_metric_history(run.info.run_id, "error/rk4")
         assert [m.step for m in errors] == [4, 8]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

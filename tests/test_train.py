@@ -153,3 +153,22 @@ def test_fm_ot_learns_8gaussians(tmp_path):
     prior = wasserstein2(torch.randn(n, 2), ds.test[:n])
     assert metrics["w2"] < floor + 0.12, (metrics["w2"], floor)
     assert prior > 4 * metrics["w2"]
+
+
+def test_eval_hook_runs_on_schedule_and_changes_nothing(tmp_path):
+    cfg = TrainConfig(steps=30, batch_size=16, log_every=5, eval_every=10)
+    calls = []
+
+    def hook(step, ema):
+        assert not ema.training
+        calls.append(step)
+        g = torch.Generator().manual_seed(step)  # evaluations seed their own generators
+        ema(torch.randn(4, 2, generator=g), torch.rand(4, generator=g))
+
+    method, ds, net = _setup("8gaussians")
+    with_hook = train(method, ds, net, cfg, on_eval=hook)
+    method, ds, net = _setup("8gaussians")
+    without = train(method, ds, net, cfg)
+    assert calls == [10, 20, 30]
+    for a, b in zip(with_hook.net.state_dict().values(), without.net.state_dict().values()):
+        assert torch.equal(a, b)
