@@ -234,7 +234,6 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
     tracker.connect()  # before any worker exists: the store and experiment are created once
     existing = tracker.trial_runs()
     storage = storage or suite.checkpoint_root
-    init_ray(address)
     started = time.monotonic()
     commit = git_commit()
     parent = tracker.start_run(f"{suite.name} @ {time.strftime('%Y-%m-%d %H:%M:%S')}",
@@ -289,7 +288,9 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
             state.logger = tracker.start_run(t.name, tags, parent_id=parent.run_id)
         state.started = time.monotonic()
         waiting.append(("training", state))
-    pump()
+    if waiting:  # a suite with nothing left to do never starts (or joins) Ray
+        init_ray(address)
+        pump()
 
     progress = _Progress(stream, len(states))
     try:
