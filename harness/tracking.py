@@ -109,21 +109,21 @@ class RunLogger:
         client = _client(self.uri)
         return retry(lambda: fn(client), f"{what} for run {self.run_id}")
 
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+    def _log_points(self, points: Iterable[tuple[str, float, int]]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        batch = [Metric(k, float(v), now, int(step)) for k, v, step in points]
         for i in range(0, len(batch), 500):  # log_batch accepts at most 1000 metrics a call
             self._do("logging metrics", lambda c, b=batch[i:i + 500]: c.log_batch(self.run_id, metrics=b))
 
-    def log_history(self, key: str, points: Iterable[tuple[int, float]]) -> None:
-        from mlflow.entities import Metric
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Several metrics at one step."""
+        self._log_points((k, v, step) for k, v in metrics.items())
 
-        now = int(time.time() * 1000)
-        batch = [Metric(key, float(v), now, int(s)) for s, v in points]
-        for i in range(0, len(batch), 500):
-            self._do("logging metrics", lambda c, b=batch[i:i + 500]: c.log_batch(self.run_id, metrics=b))
+    def log_history(self, key: str, points: Iterable[tuple[int, float]]) -> None:
+        """One metric at several steps: (step, value) pairs."""
+        self._log_points((key, v, step) for step, v in points)
 
     def last_step(self, key: str) -> int:
         """The largest step logged for metric ``key`` (-1 when none)."""

@@ -82,6 +82,11 @@ def test_suite_runs_and_logs_everything_to_mlflow_server(ray_cluster, mlflow_uri
     new_run = [r for r in live if r.data.tags[KEY] == rerun.trial.key][0]
     steps = [m.step for m in client.get_metric_history(new_run.info.run_id, "train/loss")]
     assert steps == [10, 20, 30, 40]
+    # --force reruns every trial from step 0 in new runs.
+    forced = run_suite(suite, tracking_uri=mlflow_uri, force=True, stream=io.StringIO())
+    assert forced.count("finished") == 2 and forced.count("skipped") == 0
+    latest = Tracker(mlflow_uri, "layout").trial_runs()
+    assert {r.info.run_id for r in latest.values()}.isdisjoint({r.info.run_id for r in live})
 
 
 def test_gpu_tasks_land_only_on_gpu_nodes(ray_cluster, tmp_path):
