@@ -36,6 +36,9 @@ class EvalConfig:
     error_samples: noise draws for the numerical-error curve.
     reference_tol: dopri5 tolerance of the float64 reference solution for numerical error.
     batch_size: examples per solve; adaptive NFE is the mean over these batch solves.
+    trajectory_samples, trajectory_times: sample paths saved for figures (the paper's Figure 6):
+        states at these fractions of [0, t_max], from noise seeded by ``trajectory_seed``, which
+        stays fixed across trials so every method of a suite starts from the same noise.
     seed: seeds prior noise, Hutchinson probes and dequantization.
     """
 
@@ -49,6 +52,9 @@ class EvalConfig:
     error_samples: int = 256
     reference_tol: float = 1e-7
     batch_size: int = 1000
+    trajectory_samples: int = 16
+    trajectory_times: tuple[float, ...] = (0.25, 0.5, 0.75)
+    trajectory_seed: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -61,6 +67,12 @@ class EvalConfig:
         for s in self.solvers:
             if SOLVERS.get(s).adaptive:
                 raise ConfigError(f"solver {s!r} is adaptive; list fixed-step solvers only")
+        if any(not 0.0 < f < 1.0 for f in self.trajectory_times) or \
+                list(self.trajectory_times) != sorted(self.trajectory_times):
+            raise ConfigError(f"trajectory_times must be increasing fractions in (0, 1), "
+                              f"got {list(self.trajectory_times)}")
+        if self.trajectory_samples < 0:
+            raise ConfigError(f"trajectory_samples must be >= 0, got {self.trajectory_samples}")
         if self.divergence not in ("auto", "exact", "hutchinson"):
             raise ConfigError(f"unknown divergence {self.divergence!r}; valid: auto, exact, "
                               "hutchinson")
@@ -78,12 +90,21 @@ class ErrorPoint:
 
 
 @dataclass(frozen=True)
+class Trajectories:
+    """Sample paths: ``states`` (len(times), n, *shape) at ``times`` (first 0, last t_max)."""
+
+    times: Tensor
+    states: Tensor
+
+
+@dataclass(frozen=True)
 class EvalResult:
     """metrics: name -> value (names registered in harness.metrics); samples: dopri5 samples."""
 
     metrics: dict[str, float]
     error_curve: list[ErrorPoint] = field(default_factory=list)
     samples: Tensor | None = None
+    trajectories: Trajectories | None = None
 
 
 def _chunks(n: int, size: int):
@@ -168,6 +189,18 @@ def evaluate_numerical_error(method, net, dataset, cfg, device) -> list[ErrorPoi
     return points
 
 
+def evaluate_trajectories(method, net, dataset, cfg, device) -> Trajectories | None:
+    """dopri5 paths from the suite-wide trajectory noise, with the states at the chosen times."""
+    if cfg.trajectory_samples == 0:
+        return None
+    noise = _noise(method, cfg.trajectory_samples, dataset.shape, cfg.trajectory_seed, device)
+    inner = [f * method.t_max for f in cfg.trajectory_times]
+    sol, _ = sample(method, net, noise, tol=cfg.tol, times=inner)
+    times = torch.tensor([0.0, *inner, method.t_max])
+    states = torch.cat([noise[None].cpu(), sol.trajectory.cpu(), sol.x[None].cpu()])
+    return Trajectories(times, states)
+
+
 def evaluate(method: Method, net: nn.Module, dataset: Dataset, cfg: EvalConfig,
              device: torch.device | str = "cpu") -> EvalResult:
     """All evaluations of one trained network (pass the EMA weights)."""
@@ -175,4 +208,5 @@ def evaluate(method: Method, net: nn.Module, dataset: Dataset, cfg: EvalConfig,
     metrics, samples = evaluate_sampling(method, net, dataset, cfg, device)
     metrics.update(evaluate_likelihood(method, net, dataset, cfg, device))
     curve = evaluate_numerical_error(method, net, dataset, cfg, device)
-    return EvalResult(metrics=metrics, error_curve=curve, samples=samples)
+    paths = evaluate_trajectories(method, net, dataset, cfg, device)
+    return EvalResult(metrics=metrics, error_curve=curve, samples=samples, trajectories=paths)

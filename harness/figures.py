@@ -40,12 +40,13 @@ def scatter_figure(samples: Tensor, reference: Tensor, path: str | Path, title: 
     return Path(path)
 
 
-def image_grid(images: Tensor, path: str | Path, title: str = "", max_images: int = 64) -> Path:
-    """A square grid of images given in model space [-1, 1], shape (N, C, H, W)."""
+def image_grid(images: Tensor, path: str | Path, title: str = "", max_images: int = 64,
+               cols: int | None = None) -> Path:
+    """A grid of images given in model space [-1, 1], shape (N, C, H, W); square by default."""
     plt = _pyplot()
     x = images[:max_images].detach().cpu().float().clamp(-1, 1).add(1).div(2)
     n, c, h, w = x.shape
-    cols = math.ceil(math.sqrt(n))
+    cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     canvas = torch.ones(c, rows * (h + 1) + 1, cols * (w + 1) + 1)
     for i in range(n):
@@ -58,6 +59,39 @@ def image_grid(images: Tensor, path: str | Path, title: str = "", max_images: in
     ax.axis("off")
     ax.set_title(title)
     fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def trajectory_figure(times: Tensor, states: Tensor, path: str | Path, title: str = "",
+                      reference: Tensor | None = None) -> Path:
+    """Sample paths from the same noise (the paper's Figure 6).
+
+    states: (T, n, *shape) at ``times`` (T,). Images: one row per sample, one column per time.
+    2-D data: each path as a line from its noise (dot) to its sample (cross) over held-out data.
+    """
+    plt = _pyplot()
+    if states.ndim == 5:  # (T, n, C, H, W) -> a grid, rows = samples, columns = times
+        t_count, n = states.shape[:2]
+        tiles = states.transpose(0, 1).reshape(t_count * n, *states.shape[2:])
+        return image_grid(tiles, path, title + "  (columns: t = " +
+                          ", ".join(f"{float(t):.2f}" for t in times) + ")",
+                          max_images=len(tiles), cols=t_count)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if reference is not None:
+        ref = reference.detach().cpu().float().numpy()
+        ax.scatter(ref[:, 0], ref[:, 1], s=1, alpha=0.3, color="tab:gray", label="held-out data")
+    p = states.detach().cpu().float().numpy()
+    for i in range(p.shape[1]):
+        ax.plot(p[:, i, 0], p[:, i, 1], color="tab:blue", alpha=0.6, linewidth=1)
+    ax.scatter(p[0, :, 0], p[0, :, 1], s=10, color="black", label="noise (t = 0)", zorder=3)
+    ax.scatter(p[-1, :, 0], p[-1, :, 1], s=20, marker="x", color="tab:red", label="sample", zorder=3)
+    ax.set_xlabel("x₁")
+    ax.set_ylabel("x₂")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", fontsize=7)
+    ax.set_title(title)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return Path(path)

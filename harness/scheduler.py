@@ -79,7 +79,7 @@ def eval_task(spec, checkpoint_dir: str, logger: RunLogger) -> dict[str, float]:
     """Evaluate a trained trial from its checkpoint; log final metrics, curves and artifacts."""
     from harness.device import resolve_device
     from harness.evaluate import evaluate
-    from harness.figures import image_grid, scatter_figure
+    from harness.figures import image_grid, scatter_figure, trajectory_figure
     from harness.trial import load_trained, prepare
 
     device = resolve_device("auto")
@@ -99,12 +99,18 @@ def eval_task(spec, checkpoint_dir: str, logger: RunLogger) -> dict[str, float]:
             {"metrics": metrics, "error_vs_nfe": [p.__dict__ for p in result.error_curve]},
             indent=2))
         title = f"{prep.spec.method} on {prep.spec.dataset} (seed {prep.spec.seed})"
+        reference = prep.dataset.test[: len(result.samples)]
         if prep.dataset.is_image:
             image_grid(result.samples, folder / "samples.png", title)
         else:
-            scatter_figure(result.samples, prep.dataset.test[: len(result.samples)],
-                           folder / "samples.png", title)
-        for name in ("config.json", "metrics.json", "samples.png"):
+            scatter_figure(result.samples, reference, folder / "samples.png", title)
+        names = ["config.json", "metrics.json", "samples.png"]
+        if result.trajectories is not None:
+            paths = result.trajectories
+            trajectory_figure(paths.times, paths.states, folder / "trajectories.png", title,
+                              None if prep.dataset.is_image else reference)
+            names.append("trajectories.png")
+        for name in names:
             logger.log_artifact(folder / name)
     return metrics
 

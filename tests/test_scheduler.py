@@ -64,7 +64,7 @@ def test_suite_runs_and_logs_everything_to_mlflow_server(ray_cluster, mlflow_uri
         errors = client.get_metric_history(run.info.run_id, "error/rk4")
         assert [m.step for m in errors] == [4, 8]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config.json", "metrics.json", "samples.png"} <= artifacts
+        assert {"config.json", "metrics.json", "samples.png", "trajectories.png"} <= artifacts
 
     # A rerun of the finished suite schedules nothing ...
     again = run_suite(suite, tracking_uri=mlflow_uri, stream=io.StringIO())
