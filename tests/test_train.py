@@ -172,3 +172,14 @@ def test_eval_hook_runs_on_schedule_and_changes_nothing(tmp_path):
     assert calls == [10, 20, 30]
     for a, b in zip(with_hook.net.state_dict().values(), without.net.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_learning_rate_schedules():
+    const = TrainConfig(steps=100, warmup_steps=10)
+    assert [const.lr_factor(s) for s in (0, 4, 9, 10, 99)] == [0.1, 0.5, 1.0, 1.0, 1.0]
+    decay = TrainConfig(steps=110, warmup_steps=10, lr_schedule="linear-decay")
+    assert decay.lr_factor(9) == 1.0 and decay.lr_factor(10) == 1.0
+    assert decay.lr_factor(60) == pytest.approx(0.5) and decay.lr_factor(110) == 0.0
+    assert "steps" in decay.resume_key() and "steps" not in const.resume_key()
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        TrainConfig(lr_schedule="cosine")
