@@ -36,6 +36,12 @@ class EvalConfig:
     error_samples: noise draws for the numerical-error curve.
     reference_tol: dopri5 tolerance of the float64 reference solution for numerical error.
     batch_size: examples per solve; adaptive NFE is the mean over these batch solves.
+    fid_samples: generated samples for FID of image data (0: no FID; the paper uses 50,000).
+    fid_ref_samples: reference samples (0: the whole split); fid_split: "train" (the paper's) or
+        "test"; fid_mode: clean-fid mode ("clean", "legacy_tensorflow", "legacy_pytorch");
+        fid_features: "inception", or "classifier" for digits/mnist (logged as fid_classifier).
+    fid_nfe_samples: samples per point of the FID-vs-NFE curve, one point per fixed-step solver
+        and NFE budget plus dopri5 at ``tol`` (0: no curve).
     trajectory_samples, trajectory_times: sample paths saved for figures (the paper's Figure 6):
         states at these fractions of [0, t_max], from noise seeded by ``trajectory_seed``, which
         stays fixed across trials so every method of a suite starts from the same noise.
@@ -52,6 +58,12 @@ class EvalConfig:
     error_samples: int = 256
     reference_tol: float = 1e-7
     batch_size: int = 1000
+    fid_samples: int = 0
+    fid_ref_samples: int = 0
+    fid_split: str = "train"
+    fid_mode: str = "clean"
+    fid_features: str = "inception"
+    fid_nfe_samples: int = 0
     trajectory_samples: int = 16
     trajectory_times: tuple[float, ...] = (0.25, 0.5, 0.75)
     trajectory_seed: int = 0
@@ -71,6 +83,11 @@ class EvalConfig:
                 list(self.trajectory_times) != sorted(self.trajectory_times):
             raise ConfigError(f"trajectory_times must be increasing fractions in (0, 1), "
                               f"got {list(self.trajectory_times)}")
+        for name in ("fid_samples", "fid_nfe_samples"):
+            if getattr(self, name) < 0 or getattr(self, name) == 1:
+                raise ConfigError(f"evaluation {name} must be 0 (off) or >= 2, "
+                                  f"got {getattr(self, name)}")
+        self.fid_config(max(self.fid_samples, 2))  # validates mode, features, split, ref samples
         if self.trajectory_samples < 0:
             raise ConfigError(f"trajectory_samples must be >= 0, got {self.trajectory_samples}")
         if self.divergence not in ("auto", "exact", "hutchinson"):
@@ -80,6 +97,15 @@ class EvalConfig:
             raise ConfigError(f"NFE budgets must be > 0, got {list(self.nfe_budgets)}")
 
 
+    def fid_config(self, num_gen: int):
+        """The clean-fid settings of one FID evaluation with ``num_gen`` generated samples."""
+        from harness.fid import FIDConfig
+
+        return FIDConfig(mode=self.fid_mode, features=self.fid_features, num_gen=num_gen,
+                         num_ref=self.fid_ref_samples, batch_size=min(self.batch_size, 500),
+                         split=self.fid_split)
+
+
 @dataclass(frozen=True)
 class ErrorPoint:
     """One point of the numerical-error curve: MSE per dimension vs the dopri5 reference."""
@@ -87,6 +113,16 @@ class ErrorPoint:
     solver: str
     nfe: int
     error: float
+
+
+@dataclass(frozen=True)
+class FIDPoint:
+    """One point of the FID-vs-NFE curve (the paper's Figure 7, right); ``nfe`` is the mean NFE
+    per batch for dopri5."""
+
+    solver: str
+    nfe: float
+    fid: float
 
 
 @dataclass(frozen=True)
@@ -105,6 +141,8 @@ class EvalResult:
     error_curve: list[ErrorPoint] = field(default_factory=list)
     samples: Tensor | None = None
     trajectories: Trajectories | None = None
+    fid_curve: list[FIDPoint] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _chunks(n: int, size: int):
@@ -143,9 +181,48 @@ def evaluate_sampling(method, net, dataset, cfg, device) -> tuple[dict[str, floa
     return metrics, samples
 
 
+def evaluate_fid(method, net, dataset, cfg, device, num_gen: int, solver: str = "dopri5",
+                 nfe: int | None = None) -> tuple[str, float, float]:
+    """FID of ``num_gen`` samples drawn with ``solver``: (metric name, value, mean NFE per batch).
+
+    Noise comes from a generator seeded by the trial seed, so reruns see the same samples.
+    Raises harness.fid.FIDUnavailable when the feature extractor's weights are missing.
+    """
+    from harness.fid import fid_from_sampler
+
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
+    counts: list[int] = []
+
+    def sample_fn(n: int) -> Tensor:
+        noise = method.sample_prior(n, dataset.shape, gen, device)
+        sol, count = sample(method, net, noise, solver, tol=cfg.tol, nfe=nfe)
+        counts.append(count)
+        return sol.x
+
+    result = fid_from_sampler(sample_fn, dataset, cfg.fid_config(num_gen), device)
+    return result.metric, result.fid, sum(counts) / max(len(counts), 1)
+
+
+def evaluate_fid_curve(method, net, dataset, cfg, device) -> list[FIDPoint]:
+    """FID against NFE: every fixed-step solver at every budget, and dopri5 at ``tol``."""
+    points = []
+    for solver in cfg.solvers:
+        for budget in cfg.nfe_budgets:
+            if budget >= SOLVERS.get(solver).stages:
+                _, fid, count = evaluate_fid(method, net, dataset, cfg, device,
+                                             cfg.fid_nfe_samples, solver, budget)
+                points.append(FIDPoint(solver, count, fid))
+    _, fid, count = evaluate_fid(method, net, dataset, cfg, device, cfg.fid_nfe_samples)
+    points.append(FIDPoint("dopri5", count, fid))
+    return points
+
+
 def evaluate_during_training(method, net, dataset, cfg, device) -> dict[str, float]:
-    """The cheap part of evaluation, for curves against training step: dopri5 NFE and, for
-    vector data, W2/MMD of samples (images get FID here once it exists)."""
+    """The cheap part of evaluation, for curves against training step (the paper's Figure 5):
+    dopri5 NFE, W2/MMD for vector data, FID for images when ``fid_samples`` is set."""
+    if dataset.is_image and cfg.fid_samples:
+        name, fid, nfe = evaluate_fid(method, net, dataset, cfg, device, cfg.fid_samples)
+        return {name: fid, "nfe": nfe}
     metrics, _ = evaluate_sampling(method, net, dataset, cfg, device)
     return metrics
 
@@ -209,4 +286,17 @@ def evaluate(method: Method, net: nn.Module, dataset: Dataset, cfg: EvalConfig,
     metrics.update(evaluate_likelihood(method, net, dataset, cfg, device))
     curve = evaluate_numerical_error(method, net, dataset, cfg, device)
     paths = evaluate_trajectories(method, net, dataset, cfg, device)
-    return EvalResult(metrics=metrics, error_curve=curve, samples=samples, trajectories=paths)
+    fid_curve, warnings = [], []
+    if dataset.is_image and (cfg.fid_samples or cfg.fid_nfe_samples):
+        from harness.fid import FIDUnavailable
+
+        try:  # a missing feature extractor must not cost the trial its other metrics
+            if cfg.fid_samples:
+                name, fid, _ = evaluate_fid(method, net, dataset, cfg, device, cfg.fid_samples)
+                metrics[name] = fid
+            if cfg.fid_nfe_samples:
+                fid_curve = evaluate_fid_curve(method, net, dataset, cfg, device)
+        except FIDUnavailable as exc:
+            warnings.append(str(exc))
+    return EvalResult(metrics=metrics, error_curve=curve, samples=samples, trajectories=paths,
+                      fid_curve=fid_curve, warnings=warnings)

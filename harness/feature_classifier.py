@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from harness.checkpoint import load_checkpoint, save_checkpoint
 from harness.datasets.base import Dataset
-from harness.errors import ConfigError, DataError
+from harness.errors import CheckpointError, ConfigError, DataError
 from harness.fid import Extractor, cache_dir, compute_once, levels_to_uint8
 
 VERSION = 1  # bump when the network or recipe changes: cached weights are retrained
@@ -38,7 +38,7 @@ class Recipe:
     steps: int
     batch: int = 128
     lr: float = 2e-3
-    noise: float = 0.05  # std of input noise (model-space units), for robustness to generated samples
+    noise: float = 0.05  # input noise std (model-space units): robustness to generated samples
 
 
 RECIPES = {"digits": Recipe(steps=500), "mnist": Recipe(steps=1500)}
@@ -47,7 +47,7 @@ RECIPES = {"digits": Recipe(steps=500), "mnist": Recipe(steps=1500)}
 class DigitNet(nn.Module):
     """conv(1->32) -> conv(32->64, stride 2) -> 4x4 pool -> 128-d features -> 10 logits.
 
-    Input (B, 1, H, W) in [-1, 1]; ``features`` is the penultimate layer (B, 128), post-ReLU.
+    Input (B, 1, H, W) in [-1, 1]; ``features`` is the penultimate layer (B, 128), pre-ReLU.
     """
 
     def __init__(self, width: int = 32, feature_dim: int = 128, classes: int = 10) -> None:
@@ -56,8 +56,9 @@ class DigitNet(nn.Module):
             nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),
             nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
             nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-            nn.Linear(2 * width * 16, feature_dim), nn.ReLU())
-        self.head = nn.Linear(feature_dim, classes)
+            nn.Linear(2 * width * 16, feature_dim))
+        # features are taken before this ReLU: no dead units, so their covariance has full rank
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(feature_dim, classes))
 
     def features(self, x: Tensor) -> Tensor:
         return self.body(x)
@@ -85,7 +86,7 @@ class ClassifierFeatures(nn.Module):
 # --- labels --------------------------------------------------------------------------------------
 
 def _digits_labels() -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Train/test images (levels) and labels with the split of harness.datasets.images.load_digits."""
+    """Train/test images (levels) and labels, split exactly as datasets.images.load_digits does."""
     from sklearn.datasets import load_digits
 
     from harness.datasets.images import DIGITS_N_TEST, DIGITS_SPLIT_SEED
@@ -116,10 +117,14 @@ def _mnist_labels() -> tuple[Tensor, Tensor, Tensor, Tensor]:
 LABELLED = {"digits": _digits_labels, "mnist": _mnist_labels}
 
 
-def _labelled(dataset: Dataset) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _check_supported(dataset: Dataset) -> None:
     if dataset.name not in LABELLED:
         raise ConfigError(f"fid features='classifier' supports {', '.join(LABELLED)}, "
                           f"not {dataset.name!r}")
+
+
+def _labelled(dataset: Dataset) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_supported(dataset)
     x_tr, y_tr, x_te, y_te = LABELLED[dataset.name]()
     if not (torch.equal(x_tr, dataset.train) and torch.equal(x_te, dataset.test)):
         raise DataError(f"{dataset.name}: labelled images do not match the loaded dataset's split")
@@ -160,10 +165,14 @@ def train_classifier(dataset: Dataset) -> dict:
 
 def load_classifier(dataset: Dataset) -> dict:
     """The cached classifier state for ``dataset``, training it once if needed (lock-protected)."""
+    _check_supported(dataset)  # before touching the cache folder
     path = cache_dir() / "classifiers" / f"{dataset.name}.pt"
 
     def read(p):
-        state = load_checkpoint(p)
+        try:
+            state = load_checkpoint(p)
+        except CheckpointError:
+            return None  # unreadable: retrain under the lock
         return state if state.get("version") == VERSION else None  # stale recipe: retrain
 
     return compute_once(path, lambda p: save_checkpoint(p, train_classifier(dataset)), read)

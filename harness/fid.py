@@ -16,10 +16,10 @@ import fcntl
 import os
 import platform
 import tempfile
-from contextlib import contextmanager
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -115,27 +115,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FMBENCH_CACHE", DEFAULT_CACHE)).expanduser()
 
 
-@contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Hold an flock on ``<path>.lock`` so one process computes ``path`` while others wait."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def compute_once(path: Path, write: Callable[[Path], None], read: Callable[[Path], T | None]) -> T:
     """Read ``path``, computing it first (``write``) if missing or stale (``read`` -> None).
 
-    Writers must be atomic (temp file + os.replace), so an unlocked read never sees half a file;
-    the lock only stops several processes from doing the same expensive work at once.
+    An flock on ``<path>.lock`` lets one process compute while the others wait, then read. Writers
+    must be atomic (temp file + os.replace), so the unlocked first read never sees half a file.
     """
     if path.exists() and (value := read(path)) is not None:
         return value
-    with _exclusive(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, even on error
         value = read(path) if path.exists() else None
         if value is None:  # nobody finished it while we waited: our turn
             write(path)
@@ -162,7 +152,7 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
 # --- pixels --------------------------------------------------------------------------------------
 
 def levels_to_uint8(n: Tensor, levels: int) -> Tensor:
-    """Dataset levels 0..levels-1 -> the 8-bit values a PNG stores: round(n * 255 / (levels - 1))."""
+    """Levels 0..levels-1 -> the 8-bit values a PNG stores: round(n * 255 / (levels - 1))."""
     if levels == 256:
         return n.to(torch.uint8)
     n = n.to(torch.int64)
@@ -326,9 +316,12 @@ def reference_stats(dataset: Dataset, cfg: FIDConfig, device: torch.device | str
         _save_npz(p, mu=mu, sigma=sigma, num_ref=np.int64(len(ref)),
                   extractor=np.str_(extractor.name), mode=np.str_(cfg.mode))
 
-    def read(p: Path) -> ReferenceStats:
-        with np.load(p, allow_pickle=False) as z:
-            return ReferenceStats(z["mu"], z["sigma"], int(z["num_ref"]), p)
+    def read(p: Path) -> ReferenceStats | None:
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                return ReferenceStats(z["mu"], z["sigma"], int(z["num_ref"]), p)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            return None  # unreadable (e.g. copied half-way): recompute under the lock
 
     return compute_once(path, write, read)
 
@@ -350,7 +343,8 @@ def fid_from_sampler(sample_fn: Callable[[int], Tensor], dataset: Dataset, cfg: 
         with torch.no_grad():
             x = sample_fn(n)
         if tuple(x.shape[1:]) != dataset.shape:
-            raise ValueError(f"sampler returned shape {tuple(x.shape)}, expected (n, *{dataset.shape})")
+            raise ValueError(f"sampler returned shape {tuple(x.shape)}, "
+                             f"expected (n, *{dataset.shape})")
         return to_uint8(x, levels)
 
     feats = _stream_features(next_batch, cfg.num_gen, cfg, extractor, device)

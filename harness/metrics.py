@@ -43,6 +43,10 @@ _metric("numerical_error", "Numerical error", "MSE per dim",
 _metric("train_loss", "Loss", "", "training loss (EMA-free, per step)")
 _metric("train_time", "Train time", "s", "wall-clock training time")
 _metric("eval_time", "Eval time", "s", "wall-clock evaluation time")
+_metric("fid", "FID", "", "Fréchet Inception Distance of generated images to the training split "
+        "(clean-fid)")
+_metric("fid_classifier", "FID (classifier)", "",
+        "Fréchet distance in the penultimate features of a digit classifier (digits, MNIST)")
 
 
 def wasserstein2(samples: Tensor, reference: Tensor, max_iter: int = 10_000_000) -> float:

@@ -92,11 +92,18 @@ def eval_task(spec, checkpoint_dir: str, logger: RunLogger) -> dict[str, float]:
     for solver in {p.solver for p in result.error_curve}:
         logger.log_history(f"error/{solver}", [(p.nfe, p.error) for p in result.error_curve
                                                if p.solver == solver])
+    fid_name = "fid_classifier" if prep.spec.eval.fid_features == "classifier" else "fid"
+    for solver in {p.solver for p in result.fid_curve}:  # MLflow steps are ints: round dopri5's
+        logger.log_history(f"{fid_name}_vs_nfe/{solver}", [
+            (round(p.nfe), p.fid) for p in result.fid_curve if p.solver == solver])
+    if result.warnings:
+        logger.set_tags({"fmbench.warnings": " | ".join(result.warnings)[:5000]})
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "config.json").write_text(json.dumps(prep.config, indent=2, default=str))
         (folder / "metrics.json").write_text(json.dumps(
-            {"metrics": metrics, "error_vs_nfe": [p.__dict__ for p in result.error_curve]},
+            {"metrics": metrics, "error_vs_nfe": [p.__dict__ for p in result.error_curve],
+             "fid_vs_nfe": [p.__dict__ for p in result.fid_curve], "warnings": result.warnings},
             indent=2))
         title = f"{prep.spec.method} on {prep.spec.dataset} (seed {prep.spec.seed})"
         reference = prep.dataset.test[: len(result.samples)]

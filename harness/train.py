@@ -199,7 +199,8 @@ def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
             checkpoint()
         if on_eval is not None and cfg.eval_every and step % cfg.eval_every == 0:
             ema.eval()
-            on_eval(step, ema)
+            with torch.random.fork_rng(devices=[]):  # an evaluation never shifts training's RNG
+                on_eval(step, ema)
             ema.train()
         if stop_after is not None and step >= stop_after:
             break

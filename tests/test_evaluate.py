@@ -79,3 +79,48 @@ def test_exact_field_samples_score_at_the_noise_floor():
 def test_bad_evaluation_settings(field, value):
     with pytest.raises(ConfigError):
         EvalConfig(**{field: value})
+
+
+def _tiny_digits_trial():
+    from harness.trial import TrialSpec, prepare
+
+    prep = prepare(TrialSpec(method="fm-ot", dataset="digits",
+                             model_options={"channels": 8, "groups": 4}))
+    net = prep.new_network()
+    for p in net.parameters():  # a non-zero field (the U-Net starts as the zero function)
+        p.data.normal_(0, 0.02, generator=torch.Generator().manual_seed(0))
+    return prep, net
+
+
+def test_fid_and_fid_vs_nfe_for_images(tmp_path, monkeypatch):
+    from harness.evaluate import evaluate
+
+    monkeypatch.setenv("FMBENCH_CACHE", str(tmp_path))
+    prep, net = _tiny_digits_trial()
+    cfg = EvalConfig(tol=1e-3, samples=16, nll_samples=8, error_samples=4, nfe_budgets=(4, 8),
+                     fid_samples=64, fid_nfe_samples=32, fid_features="classifier",
+                     trajectory_samples=2)
+    result = evaluate(prep.method, net, prep.dataset, cfg, "cpu")
+    assert result.metrics["fid_classifier"] > 0 and "fid" not in result.metrics
+    solvers = [(p.solver, p.nfe) for p in result.fid_curve]
+    assert solvers == [("euler", 4), ("euler", 8), ("midpoint", 4), ("midpoint", 8), ("rk4", 4),
+                       ("rk4", 8), ("dopri5", solvers[-1][1])]
+    assert all(p.fid > 0 for p in result.fid_curve) and not result.warnings
+    again = evaluate(prep.method, net, prep.dataset, cfg, "cpu")  # seeded: same numbers
+    assert again.metrics["fid_classifier"] == result.metrics["fid_classifier"]
+
+
+def test_missing_inception_keeps_other_metrics(tmp_path, monkeypatch):
+    import harness.fid
+    from harness.evaluate import evaluate
+
+    def unavailable(cfg, device, dataset=None):
+        raise harness.fid.FIDUnavailable("FID unavailable: Inception weights missing at /tmp/x")
+
+    monkeypatch.setattr(harness.fid, "build_extractor", unavailable)
+    prep, net = _tiny_digits_trial()
+    cfg = EvalConfig(tol=1e-3, samples=8, nll_samples=4, error_samples=2, nfe_budgets=(4,),
+                     fid_samples=16, trajectory_samples=0)
+    result = evaluate(prep.method, net, prep.dataset, cfg, "cpu")
+    assert "fid" not in result.metrics and {"nfe", "bpd"} <= set(result.metrics)
+    assert result.warnings == ["FID unavailable: Inception weights missing at /tmp/x"]
