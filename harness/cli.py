@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="noise draws for numerical error vs NFE (256)")
     p.add_argument("--nfe-budgets", type=_positive(int), nargs="+", default=[4, 8, 16, 32],
                    help="NFE budgets of the fixed-step solvers (4 8 16 32)")
+    p.add_argument("--fid-samples", type=int, default=0,
+                   help="generated samples for FID of image data (0: no FID)")
+    p.add_argument("--fid-features", choices=("inception", "classifier"), default="inception",
+                   help="Inception (fid) or a small digit classifier (fid_classifier)")
+    p.add_argument("--fid-nfe-samples", type=int, default=0,
+                   help="samples per point of FID vs NFE (0: no curve)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto)")
     p.add_argument("--data-root", help="folder with dataset files ($FMBENCH_DATA)")
@@ -148,6 +154,9 @@ def cmd_trial(args) -> int:
                                      nll_samples=args.nll_samples,
                                      dequant_draws=args.dequant_draws,
                                      error_samples=args.error_samples,
+                                     fid_samples=args.fid_samples,
+                                     fid_features=args.fid_features,
+                                     fid_nfe_samples=args.fid_nfe_samples,
                                      nfe_budgets=tuple(args.nfe_budgets)))
     from harness.datasets import DATASETS
     from harness.methods import METHODS, build_method
@@ -188,6 +197,10 @@ def cmd_trial(args) -> int:
             print(f"  {name:<12} {value:.6g}")
         for p in result.evaluation.error_curve:
             print(f"  error {p.solver:<8} NFE {p.nfe:<4} {p.error:.3e}")
+        for p in result.evaluation.fid_curve:
+            print(f"  FID   {p.solver:<8} NFE {p.nfe:<4.0f} {p.fid:.4g}")
+    for warning in result.evaluation.warnings:
+        print(f"fmbench: warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -68,6 +68,8 @@ class TrialResult:
             "seed": self.config["seed"], "steps": self.training.step,
             "metrics": self.metrics,
             "error_vs_nfe": [asdict(p) for p in self.evaluation.error_curve],
+            "fid_vs_nfe": [asdict(p) for p in self.evaluation.fid_curve],
+            "warnings": self.evaluation.warnings,
             "losses": self.training.losses,
             "config": self.config, "out_dir": str(self.out_dir),
         }

@@ -44,15 +44,17 @@ def test_trial_json_end_to_end(tmp_path):
     assert (trial_dir / "checkpoint.pt").exists() and (trial_dir / "result.json").exists()
 
 
-def test_image_trial_reports_bits_per_dim(tmp_path, capsys):
+def test_image_trial_reports_bits_per_dim(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FMBENCH_CACHE", str(tmp_path / "cache"))
     code = main(["trial", "--method", "fm-ot", "--dataset", "digits", "--steps", "20",
                  "--batch-size", "16", "--samples", "16", "--nll-samples", "8",
                  "--dequant-draws", "2", "--tol", "1e-3", "--error-samples", "2",
-                 "--nfe-budgets", "4", "8", "--device", "cpu", "--out",
+                 "--nfe-budgets", "4", "8", "--fid-samples", "32", "--fid-features", "classifier", "--device", "cpu", "--out",
                  str(tmp_path), "--json"])
     assert code == 0
     metrics = json.loads(capsys.readouterr().out)["metrics"]
     assert "bpd" in metrics and "nll" not in metrics and "w2" not in metrics
+    assert metrics["fid_classifier"] > 0
     assert 0 < metrics["bpd"] < 20
 
 

@@ -97,3 +97,17 @@ def test_ui_serves_the_store_on_loopback(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_every_shipped_suite_validates_and_plans(capsys):
+    import yaml
+
+    suites = [p for p in sorted((ROOT / "suites").glob("*.yaml"))
+              if "name" in (yaml.safe_load(p.read_text()) or {})]
+    assert {"smoke.yaml", "digits.yaml", "paper-cifar10.yaml", "paper-imagenet32.yaml",
+            "paper-imagenet64.yaml"} <= {p.name for p in suites}
+    for path in suites:
+        assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+        assert main(["plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "suite paper-cifar10: 5 trials" in out and "8 CPU, 1 GPU" in out
