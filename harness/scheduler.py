@@ -260,6 +260,10 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
     inflight: dict[Any, tuple[str, TrialState]] = {}
     waiting: list[tuple[str, TrialState]] = []  # (phase, state); evals go first: they end trials
     capacity = _Capacity()
+    # Workers on other nodes do not see the driver's environment: pass fmbench's own settings
+    # (data root, cache folder) with every task.
+    env = {k: v for k, v in os.environ.items() if k.startswith("FMBENCH_")}
+    runtime_env = {"runtime_env": {"env_vars": env}} if env else {}
 
     def pump() -> None:
         """Submit waiting tasks while the cluster has room, so the counts shown are honest."""
@@ -277,8 +281,8 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
             waiting.pop(0)
             fn = train if phase == "training" else evaluate
             ckpt = str(_checkpoint_dir(storage, suite.name, t.key))
-            ref = fn.options(num_cpus=res.cpus, num_gpus=res.gpus,
-                             name=f"{phase[:5]}:{t.name}").remote(t.spec, ckpt, state.logger)
+            ref = fn.options(num_cpus=res.cpus, num_gpus=res.gpus, name=f"{phase[:5]}:{t.name}",
+                             **runtime_env).remote(t.spec, ckpt, state.logger)
             inflight[ref] = (phase, state)
             capacity.take(res)
             state.status = phase

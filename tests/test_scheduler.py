@@ -125,3 +125,49 @@ def test_unreachable_tracking_server_fails_at_once():
     uri = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(TrackingError, match=f"tracking server {uri} is unreachable"):
         Tracker(uri, "x").connect()
+
+
+DIGITS = """\
+name: digits-ci
+methods: [fm-ot]
+datasets: [digits]
+seeds: [0]
+model: {{image: {{name: unet, channels: 8, channel_mult: [1, 2], num_res_blocks: 1,
+                 attention_resolutions: [], groups: 4}}}}
+training: {{steps: 200, batch_size: 32, lr: 1e-3, warmup_steps: 20, checkpoint_every: 100,
+           log_every: 20, eval_every: 100}}
+evaluation: {{tol: 1e-3, samples: 32, nll_samples: 16, dequant_draws: 2, error_samples: 4,
+             nfe_budgets: [4, 8], reference_tol: 1e-5, fid_samples: 64, fid_nfe_samples: 32,
+             fid_features: classifier, trajectory_samples: 4}}
+resources: {{train: {{cpus: 1, gpus: 0}}, eval: {{cpus: 1, gpus: 0}}}}
+storage: {{checkpoints: {storage}}}
+tracking: {{experiment: digits-ci}}
+"""
+
+
+def test_image_suite_logs_every_metric(ray_cluster, tmp_path, monkeypatch):
+    """A few hundred steps on digits through Ray and MLflow: bits/dim, NFE, classifier FID (final,
+    during training and against NFE), numerical error, sample grid and trajectories."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FMBENCH_CACHE", str(cache))  # the driver passes FMBENCH_* to its tasks
+    path = tmp_path / "digits.yaml"
+    path.write_text(DIGITS.format(storage=tmp_path / "ckpt"))
+    suite = load_suite(path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    summary = run_suite(suite, tracking_uri=uri, stream=io.StringIO())
+    assert summary.ok, [s.reason for s in summary.states]
+    run = Tracker(uri, "digits-ci").trial_runs()[suite.trials()[0].key]
+    client = MlflowClient(uri)
+    metrics = run.data.metrics
+    for key in ("final/bpd", "final/nfe", "final/nll_nfe", "final/fid_classifier"):
+        assert key in metrics and metrics[key] > 0, key
+    assert 0 < metrics["final/bpd"] < 12
+    during = client.get_metric_history(run.info.run_id, "during/fid_classifier")
+    assert [m.step for m in during] == [100, 200]
+    curve = client.get_metric_history(run.info.run_id, "fid_classifier_vs_nfe/rk4")
+    assert [m.step for m in curve] == [4, 8]
+    assert client.get_metric_history(run.info.run_id, "fid_classifier_vs_nfe/dopri5")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "error/euler")] == [4, 8]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"samples.png", "trajectories.png", "metrics.json", "config.json"} <= artifacts
+    assert (cache / "classifiers" / "digits.pt").exists()
