@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -232,6 +233,20 @@ class _Progress:
             self.stream.write("\n")
 
 
+def _terminate_as_interrupt():
+    """Treat SIGTERM (what batch schedulers and `kill` send) like Ctrl-C, so outstanding runs are
+    marked killed rather than left running. Returns the previous handler (None off the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
 def _fmt(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     return f"{m}m{s:02d}s" if m else f"{s}s"
@@ -310,6 +325,7 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
         pump()
 
     progress = _Progress(stream, len(states))
+    previous = _terminate_as_interrupt()
     try:
         while inflight:
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
@@ -343,6 +359,9 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
         progress.show(states, force=True)
         progress.close()
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     progress.show(states, force=True)
     progress.close()
     summary = SuiteSummary(suite.name, parent.run_id, states, time.monotonic() - started)

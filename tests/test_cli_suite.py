@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from harness.cli import main
@@ -48,7 +49,8 @@ def test_run_then_status(ray_cluster, tmp_path, capsys, monkeypatch):
     assert "2 finished" in out and "nfe" in out.splitlines()[0]
 
 
-def test_ctrl_c_kills_outstanding_runs_and_exits_cleanly(ray_cluster, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_kills_outstanding_runs_and_exits_cleanly(ray_cluster, tmp_path, sig):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     suite = _write(tmp_path, name="interrupt", steps=100000)
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(suite), "--address",
@@ -63,7 +65,7 @@ def test_ctrl_c_kills_outstanding_runs_and_exits_cleanly(ray_cluster, tmp_path):
         if any(r.data.metrics.get("train/loss") is not None for r in runs):
             break
         time.sleep(1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "fmbench: interrupted"
