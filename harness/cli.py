@@ -64,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="path to a suite YAML file")
     p.add_argument("--tracking-uri", help="MLflow URI (as for run)")
 
+    p = sub.add_parser("report", help="build a suite's report (HTML, Markdown, CSV, LaTeX) from "
+                       "MLflow", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="Examples:\n  fmbench report suites/smoke.yaml\n"
+                              "  fmbench report suites/smoke.yaml --out /tmp/smoke-report\n")
+    p.add_argument("suite", help="path to a suite YAML file (or a suite name: the grid is then "
+                                 "inferred from its runs)")
+    p.add_argument("--tracking-uri", help="MLflow URI (as for run)")
+    p.add_argument("--out", help="report folder (default: reports/<suite name>/)")
+
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the tracking store")
     p.add_argument("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI or "
                                           "sqlite:///mlflow.db)")
@@ -298,6 +307,17 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from harness.report import build_report
+
+    result = build_report(args.suite, args.tracking_uri, args.out)
+    print(result.status.banner(), file=sys.stderr)
+    for warning in result.warnings:
+        print(f"fmbench: warning: {warning}", file=sys.stderr)
+    print(result.index.resolve())
+    return 0
+
+
 def cmd_ui(args) -> int:
     import subprocess
 
@@ -314,7 +334,7 @@ def cmd_ui(args) -> int:
 
 
 COMMANDS = {"list": cmd_list, "trial": cmd_trial, "validate": cmd_validate, "plan": cmd_plan,
-            "run": cmd_run, "status": cmd_status, "ui": cmd_ui}
+            "run": cmd_run, "status": cmd_status, "report": cmd_report, "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:

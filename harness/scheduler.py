@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from harness.tracking import (FAILED, FINISHED, KEY, KILLED, KIND, SUITE, RunLogger, Tracker,
-                              git_commit)
+from harness.tracking import (FAILED, FINISHED, KEY, KILLED, KIND, RUNNING, SCHEDULED, SUITE,
+                              RunLogger, Tracker, git_commit)
 
 LOSS_FLUSH_SECONDS = 5.0
 
@@ -33,6 +33,7 @@ def train_task(spec, checkpoint_dir: str, logger: RunLogger) -> dict[str, Any]:
     from harness.trial import prepare, train_trial
 
     device = resolve_device("auto")
+    logger.set_status(RUNNING)
     prep = prepare(spec)
     logger.log_params(prep.config)
     logger.set_tags({"fmbench.train_node": _node_id(), "fmbench.device": str(device),
@@ -58,6 +59,9 @@ def train_task(spec, checkpoint_dir: str, logger: RunLogger) -> dict[str, Any]:
 
     def on_eval(step: int, ema) -> None:
         from harness.evaluate import evaluate_during_training
+
+        if step == prep.spec.train.steps:
+            return  # the eval task measures the final weights and logs this point
 
         metrics = evaluate_during_training(prep.method, ema, prep.dataset, prep.spec.eval, device)
         logger.log_metrics({f"during/{k}": v for k, v in metrics.items()}, step=step)
@@ -89,7 +93,12 @@ def eval_task(spec, checkpoint_dir: str, logger: RunLogger) -> dict[str, float]:
     started = time.perf_counter()
     result = evaluate(prep.method, net, prep.dataset, prep.spec.eval, device)
     metrics = {**result.metrics, "eval_time": time.perf_counter() - started}
-    logger.log_metrics({f"final/{k}": v for k, v in metrics.items()}, step=prep.spec.train.steps)
+    steps = prep.spec.train.steps
+    logger.log_metrics({f"final/{k}": v for k, v in metrics.items()}, step=steps)
+    if prep.spec.train.eval_every and steps % prep.spec.train.eval_every == 0:
+        during = {k: metrics[k] for k in ("nfe", "w2", "mmd", "fid", "fid_classifier")
+                  if k in metrics}
+        logger.log_metrics({f"during/{k}": v for k, v in during.items()}, step=steps)
     for solver in {p.solver for p in result.error_curve}:
         logger.log_history(f"error/{solver}", [(p.nfe, p.error) for p in result.error_curve
                                                if p.solver == solver])
@@ -317,7 +326,8 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
             state.logger = tracker.reopen(run.info.run_id)  # resumes from its checkpoint
             state.logger.set_tags({"mlflow.parentRunId": parent.run_id})
         else:
-            state.logger = tracker.start_run(t.name, tags, parent_id=parent.run_id)
+            state.logger = tracker.start_run(t.name, tags, parent_id=parent.run_id,
+                                             status=SCHEDULED)
         state.started = time.monotonic()
         waiting.append(("training", state))
     if waiting:  # a suite with nothing left to do never starts (or joins) Ray

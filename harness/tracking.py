@@ -26,7 +26,7 @@ T = TypeVar("T")
 TAG = "fmbench."
 KIND, SUITE, KEY, REASON = TAG + "kind", TAG + "suite", TAG + "trial_key", TAG + "failure"
 PARENT_TAG = "mlflow.parentRunId"
-FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
+FINISHED, FAILED, KILLED, RUNNING, SCHEDULED = "FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED"
 
 
 class TrackingError(HarnessError):
@@ -147,6 +147,9 @@ class RunLogger:
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         self._do("uploading an artifact", lambda c: c.log_artifact(self.run_id, str(path), folder))
 
+    def set_status(self, status: str) -> None:
+        self._do("updating the run status", lambda c: c.update_run(self.run_id, status=status))
+
     def finish(self, status: str, reason: str | None = None) -> None:
         if reason:
             self.set_tags({REASON: reason[:5000]})
@@ -184,19 +187,25 @@ class Tracker:
                                                       f"at {self.uri}", attempts=3)
         return self._experiment_id
 
-    def start_run(self, name: str, tags: dict[str, Any], parent_id: str | None = None) -> RunLogger:
+    def start_run(self, name: str, tags: dict[str, Any], parent_id: str | None = None,
+                  status: str = RUNNING) -> RunLogger:
+        """Create a run; trials start SCHEDULED and turn RUNNING when their task starts."""
         tags = {**tags, "fmbench.harness_version": __version__}
         if parent_id:
             tags[PARENT_TAG] = parent_id
         exp = self.connect()
         run = retry(lambda: self.client.create_run(exp, tags={k: str(v) for k, v in tags.items()},
                                                    run_name=name), f"creating run {name}")
-        return RunLogger(self.uri, run.info.run_id)
+        logger = RunLogger(self.uri, run.info.run_id)
+        if status != RUNNING:
+            logger.set_status(status)
+        return logger
 
     def reopen(self, run_id: str) -> RunLogger:
-        """Mark an unfinished run as running again (its trial resumes from its checkpoint)."""
-        retry(lambda: self.client.update_run(run_id, status=RUNNING), f"reopening run {run_id}")
-        return RunLogger(self.uri, run_id)
+        """Mark an unfinished run as scheduled again (its trial resumes from its checkpoint)."""
+        logger = RunLogger(self.uri, run_id)
+        logger.set_status(SCHEDULED)
+        return logger
 
     def trial_runs(self) -> dict[str, Any]:
         """Latest run per trial key in this experiment (MLflow ``Run`` objects)."""

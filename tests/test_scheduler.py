@@ -171,3 +171,14 @@ def test_image_suite_logs_every_metric(ray_cluster, tmp_path, monkeypatch):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"samples.png", "trajectories.png", "metrics.json", "config.json"} <= artifacts
     assert (cache / "classifiers" / "digits.pt").exists()
+
+
+def test_queued_trials_are_scheduled_until_their_task_starts(tmp_path):
+    from harness.scheduler import train_task  # noqa: F401 - the task marks its run RUNNING
+    from harness.tracking import SCHEDULED
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "states")
+    logger = tracker.start_run("t", {"fmbench.kind": "trial"}, status=SCHEDULED)
+    assert tracker.client.get_run(logger.run_id).info.status == "SCHEDULED"
+    logger.set_status("RUNNING")
+    assert tracker.client.get_run(logger.run_id).info.status == "RUNNING"

@@ -1,0 +1,130 @@
+"""Reports rebuilt from MLflow alone: the comparison table, sampling-efficiency and training curves,
+samples, the paper's claims checked on the data, and cost and provenance (DESIGN.md §1.3).
+
+Data flow one way: :mod:`collect` (MLflow -> pandas) -> :mod:`grid` (planned trials with their
+runs) -> :mod:`tables`, :mod:`claims`, :mod:`figures`, :mod:`provenance` -> :mod:`render` (files).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.report.claims import Claim, check_claims, claims_table
+from harness.report.collect import ReportError, Store
+from harness.report.curves import CURVE_SEEDS, Curves, curve_runs, keys_for
+from harness.report.figures import efficiency_figure, training_figure
+from harness.report.grid import Plan, Status, display_name, trial_frame
+from harness.report.provenance import cost_summary, cost_table, provenance_table
+from harness.report.render import SAMPLES, Content, Sample, clean, write_report
+from harness.report.table import Table
+from harness.report.tables import comparison_table, dataset_metrics
+from harness.tracking import KIND
+
+ARTIFACTS = {"samples": "samples.png", "trajectories": "trajectories.png"}
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """Where the report went and what it says (tables and claims, for callers and tests)."""
+
+    out_dir: Path
+    index: Path
+    markdown: Path
+    files: dict[str, Path]
+    status: Status
+    tables: dict[str, Table]
+    claims: list[Claim]
+    logged_to: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _load(suite: Any) -> Any:
+    """A Suite for a Suite or a suite file path; a bare suite name stays a string."""
+    from harness.suite import Suite, load_suite
+
+    if isinstance(suite, Suite):
+        return suite
+    text = os.fspath(suite)
+    if text.endswith((".yaml", ".yml")) or Path(text).is_file():
+        return load_suite(text)
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]{1,64}", text):
+        raise ReportError(f"{text!r} is neither a suite file nor a suite name")
+    return text
+
+
+def _samples(store: Store, frame: pd.DataFrame, out: Path) -> list[Sample]:
+    """Artifacts of the lowest finished seed of each method x dataset."""
+    done = frame[(frame["state"] == "finished") & frame["run_id"].notna()].sort_values("seed")
+    found = []
+    for _, r in done.drop_duplicates(["label", "dataset"]).iterrows():
+        folder = out / SAMPLES / f"{r['label']}-{r['dataset']}-s{r['seed']}"
+        files = store.artifacts(r["run_id"], ARTIFACTS.values(), folder)
+        found += [Sample(r["label"], r["dataset"], int(r["seed"]), kind, files[name])
+                  for kind, name in ARTIFACTS.items() if name in files]
+    return found
+
+
+def build_report(suite: Any, tracking_uri: str | None = None, out_dir: str | Path | None = None,
+                 *, log: bool = True, curve_seeds: int = CURVE_SEEDS) -> ReportResult:
+    """Build ``out_dir`` (default ``reports/<suite>/``) from the suite's MLflow runs and log it as
+    an artifact of the suite's latest invocation run (``log=False`` skips that)."""
+    suite = _load(suite)
+    if isinstance(suite, str):  # no suite file: experiment named after the suite, grid inferred
+        store = Store(tracking_uri, suite)
+        runs = store.runs(suite)
+        plan = Plan.inferred(suite, runs)
+    else:
+        store = Store(tracking_uri or suite.tracking_uri, suite.experiment)
+        runs = store.runs(suite.name)
+        plan = Plan.from_suite(suite)
+    name = plan.suite
+    frame, ignored = trial_frame(plan, runs)
+    status = Status.of(frame, ignored, inferred=plan.trials is None)
+
+    chosen = curve_runs(frame, curve_seeds)
+    parts = [store.histories(chosen.loc[chosen["dataset"] == d, "run_id"],
+                             keys_for(runs, dataset_metrics(frame, d))) for d in plan.datasets]
+    histories = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["run_id", "key", "step", "value"])
+    curves = Curves.join(histories, chosen)
+    claims = check_claims(plan, frame, curves)
+    invocations = runs[runs[f"tags.{KIND}"] == "invocation"]
+    latest = invocations.iloc[0] if len(invocations) else None
+    tables = {"comparison": comparison_table(plan, frame), "claims": claims_table(claims),
+              "cost": cost_table(plan, frame),
+              "provenance": provenance_table(plan, frame, store.uri, latest)}
+
+    out = Path(out_dir) if out_dir is not None else Path("reports") / name
+    out.mkdir(parents=True, exist_ok=True)
+    clean(out)
+    content = Content(
+        title=f"fmbench report: {name}", banner=status.banner(), complete=status.complete,
+        tables=tables, claims=claims,
+        efficiency=[efficiency_figure(plan, frame, curves, d) for d in plan.datasets],
+        training=[training_figure(plan, frame, curves, d) for d in plan.datasets],
+        samples=_samples(store, frame, out),
+        methods=[(label, display_name(plan, label)) for label in plan.labels],
+        datasets=list(plan.datasets), cost_summary=cost_summary(plan, frame))
+    files = write_report(content, out)
+
+    warnings, logged = [], None
+    if log and latest is not None:
+        try:
+            store.log_folder(latest["run_id"], out)
+            logged = latest["run_id"]
+        except Exception as exc:  # the report on disk is still good; say why it is not in MLflow
+            warnings.append(f"could not log the report to run {latest['run_id']}: "
+                            f"{str(exc).splitlines()[0][:200]}")
+    elif log:
+        warnings.append("no invocation run of this suite in MLflow: the report was not logged")
+    return ReportResult(out, files["index.html"], files["report.md"], files, status, tables,
+                        claims, logged, warnings)
+
+
+__all__ = ["ReportError", "ReportResult", "build_report"]

@@ -1,0 +1,134 @@
+"""Everything the report reads, read from MLflow: the only report module that imports MLflow.
+
+Runs come back as one pandas DataFrame from ``mlflow.search_runs`` (columns ``run_id``, ``status``,
+``start_time``, ``metrics.<key>``, ``params.<key>``, ``tags.<key>``); curves come from metric
+histories, fetched only for the runs and keys a figure or claim needs, because one history call per
+run and key is what makes a 10,000-run report slow. Nothing here reads checkpoints or worker files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pandas as pd
+
+from harness.errors import HarnessError
+from harness.tracking import KIND, SUITE, check_reachable, resolve_tracking_uri
+
+HISTORY_THREADS = 8
+"""History calls are independent round trips: threads overlap them on an HTTP tracking server."""
+
+
+class ReportError(HarnessError):
+    """The report cannot be built (no such experiment, unreachable store)."""
+
+
+@contextmanager
+def _tracking(uri: str) -> Iterator[None]:
+    """Point the fluent ``mlflow`` API at ``uri`` and restore the caller's setting afterwards."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # None unsets it (and $MLFLOW_TRACKING_URI, as before)
+
+
+@contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """No progress bar per downloaded file: the report prints one line, its path."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+class Store:
+    """One suite's experiment in one tracking store: reads runs, histories and artifacts, and
+    writes nothing but the finished report (as artifacts of an invocation run)."""
+
+    def __init__(self, uri: str | None, experiment: str) -> None:
+        self.uri = resolve_tracking_uri(uri)
+        self.experiment = experiment
+        check_reachable(self.uri)
+        local = self.uri[len("sqlite:///"):] if self.uri.startswith("sqlite:///") else None
+        if local is not None and not Path(local).is_file():  # MLflow would create an empty store
+            raise ReportError(f"no tracking store at {self.uri}; run the suite first or pass "
+                              "the --tracking-uri it ran with")
+        exp = _client(self.uri).get_experiment_by_name(experiment)
+        if exp is None:
+            raise ReportError(f"no MLflow experiment {experiment!r} at {self.uri}; run the suite "
+                              "first or pass the --tracking-uri it ran with")
+        self.experiment_id = exp.experiment_id
+
+    def runs(self, suite: str) -> pd.DataFrame:
+        """Every run of the suite (trials and invocations), newest first; MLflow pages the search
+        (10,000 runs a page) and builds the DataFrame."""
+        import mlflow
+
+        with _tracking(self.uri):
+            df = mlflow.search_runs([self.experiment_id],
+                                    filter_string=f"tags.`{SUITE}` = '{suite}'",
+                                    max_results=10**7, order_by=["attributes.start_time DESC"],
+                                    output_format="pandas")
+        for column in ("run_id", "status", "start_time", "end_time", f"tags.{KIND}"):
+            if column not in df:
+                df[column] = pd.Series(dtype=object)
+        return df
+
+    def histories(self, run_ids: Iterable[str], keys: Iterable[str]) -> pd.DataFrame:
+        """Long table (run_id, key, step, value) of the full history of each key in each run."""
+        pairs = [(r, k) for r in dict.fromkeys(run_ids) for k in dict.fromkeys(keys)]
+        client = _client(self.uri)
+
+        def one(pair: tuple[str, str]) -> list[tuple[str, str, int, float]]:
+            run_id, key = pair
+            return [(run_id, key, m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+        rows: list[tuple[str, str, int, float]] = []
+        with ThreadPoolExecutor(HISTORY_THREADS) as pool:
+            for part in pool.map(one, pairs):
+                rows.extend(part)
+        return pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
+
+    def artifacts(self, run_id: str, names: Iterable[str], dest: Path) -> dict[str, Path]:
+        """Download the named top-level artifacts of a run that exist; name -> local file."""
+        client = _client(self.uri)
+        try:
+            present = {a.path for a in client.list_artifacts(run_id)}
+        except Exception:  # an artifact store that is gone costs the samples, not the report
+            return {}
+        out = {}
+        with _quiet_downloads():
+            for name in names:
+                if name in present:
+                    dest.mkdir(parents=True, exist_ok=True)
+                    out[name] = Path(client.download_artifacts(run_id, name, str(dest)))
+        return out
+
+    def log_folder(self, run_id: str, folder: Path, artifact_path: str = "report") -> None:
+        """Upload a folder's files as artifacts of ``run_id`` (replacing an earlier report)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / artifact_path
+            shutil.copytree(folder, copy)
+            _client(self.uri).log_artifacts(run_id, str(copy), artifact_path)

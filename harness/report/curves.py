@@ -1,0 +1,77 @@
+"""Metric histories (curves against step or NFE) averaged over seeds, for figures and claims.
+
+Only finished trials contribute, and per method and dataset only the first ``CURVE_SEEDS`` seeds:
+each history is one tracking-store call per run and key, so this bound is what keeps a report on
+10,000 runs fast. Every figure and claim says how many seeds its curves average.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from harness.report.tables import DatasetMetrics
+
+CURVE_SEEDS = 5
+ERROR_SOLVER = "midpoint"
+"""The fixed-step solver of the numerical-error panel and claim (the paper's Figure 7, left)."""
+
+
+def error_key(solver: str = ERROR_SOLVER) -> str:
+    return f"error/{solver}"
+
+
+def during_key(metrics: DatasetMetrics) -> str:
+    return f"during/{metrics.quality}"
+
+
+def vs_nfe_prefix(metrics: DatasetMetrics) -> str:
+    return f"{metrics.quality}_vs_nfe/"
+
+
+def logged_keys(frame: pd.DataFrame) -> set[str]:
+    """Metric keys some run logged (``search_runs`` has a column for each)."""
+    return {c[len("metrics."):] for c in frame.columns if c.startswith("metrics.")
+            and frame[c].notna().any()}
+
+
+def keys_for(frame: pd.DataFrame, metrics: DatasetMetrics) -> list[str]:
+    """The history keys one dataset's figures and claims need, among those logged."""
+    logged = logged_keys(frame)
+    wanted = ["train/loss", during_key(metrics), error_key()]
+    wanted += sorted(k for k in logged if k.startswith(vs_nfe_prefix(metrics)))
+    return [k for k in wanted if k in logged]
+
+
+def curve_runs(frame: pd.DataFrame, per_cell: int = CURVE_SEEDS) -> pd.DataFrame:
+    """Finished trials whose histories are read: the lowest ``per_cell`` seeds of each cell."""
+    done = frame[(frame["state"] == "finished") & frame["run_id"].notna()]
+    return done.sort_values("seed").groupby(["label", "dataset"], sort=False).head(per_cell)
+
+
+@dataclass(frozen=True, eq=False)
+class Curves:
+    """Histories joined with their trial's identity: run_id, key, step, value, label, dataset."""
+
+    points: pd.DataFrame
+
+    @classmethod
+    def join(cls, histories: pd.DataFrame, runs: pd.DataFrame) -> "Curves":
+        ids = runs[["run_id", "label", "dataset", "seed"]].astype({"run_id": str})
+        return cls(histories.astype({"run_id": str}).merge(ids, on="run_id", how="inner"))
+
+    def mean(self, label: str, dataset: str, key: str) -> pd.DataFrame:
+        """Columns step, mean, std, n: the curve averaged over the seeds that logged each step."""
+        p = self.points
+        sel = p[(p["label"] == label) & (p["dataset"] == dataset) & (p["key"] == key)]
+        # a resumed run may log a step twice: keep its last value
+        sel = sel.drop_duplicates(["run_id", "step"], keep="last")
+        g = sel.groupby("step")["value"]
+        out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()})
+        return out.reset_index().sort_values("step")
+
+    def seeds(self, label: str, dataset: str, key: str) -> int:
+        p = self.points
+        sel = p[(p["label"] == label) & (p["dataset"] == dataset) & (p["key"] == key)]
+        return int(sel["run_id"].nunique())

@@ -1,0 +1,180 @@
+"""Report figures as PNG bytes: sampling efficiency (the paper's Figure 7) and training curves
+(Figure 5), one of each per dataset.
+
+Every figure draws a method with the same colour, line style and marker, keyed by the method's
+place in the table, so a reader matches lines across figures at a glance. Matplotlib's object API
+with the Agg canvas: no pyplot state, no display.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from harness.metrics import METRICS
+from harness.methods import METHODS
+from harness.report.curves import (CURVE_SEEDS, ERROR_SOLVER, Curves, during_key, error_key,
+                                   vs_nfe_prefix)
+from harness.report.grid import Plan, display_name
+from harness.report.tables import dataset_metrics, final
+from harness.solvers import SOLVERS
+
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896")
+MARKERS = "osD^v<>ph*"
+
+
+@dataclass(frozen=True)
+class Style:
+    colour: str
+    line: str
+    marker: str
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A rendered figure: ``name`` is the PNG's file stem."""
+
+    name: str
+    title: str
+    caption: str
+    png: bytes
+
+
+def palette(plan: Plan) -> dict[str, Style]:
+    """Style per method label, by table order: baselines dashed, flow matching solid."""
+    out = {}
+    for i, label in enumerate(plan.labels):
+        name = plan.methods.get(label, label)
+        family = METHODS.entry(name).meta.get("family") if name in METHODS else None
+        out[label] = Style(COLOURS[i % len(COLOURS)], "-" if family == "flow-matching" else "--",
+                           MARKERS[i % len(MARKERS)])
+    return out
+
+
+def _axis_label(metric: str) -> str:
+    spec = METRICS.get(metric)
+    return f"{spec.display} ({spec.unit})" if spec.unit else spec.display
+
+
+def _new(panels: int):
+    from matplotlib.figure import Figure as MplFigure
+
+    fig = MplFigure(figsize=(4.2 * panels, 3.6), layout="constrained")
+    return fig, fig.subplots(1, panels, squeeze=False)[0]
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _finish(fig, axes, plan: Plan, styles: dict[str, Style], shown: set[str]) -> None:
+    from matplotlib.lines import Line2D
+
+    for ax in axes:
+        if not ax.has_data():
+            ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes,
+                    color="0.4")
+        ax.grid(True, which="major", alpha=0.3)
+    handles = [Line2D([], [], color=styles[lab].colour, linestyle=styles[lab].line,
+                      marker=styles[lab].marker, label=display_name(plan, lab))
+               for lab in plan.labels if lab in shown]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4),
+                   fontsize="small", frameon=False)
+
+
+def _curve(ax, curves: Curves, plan: Plan, styles, dataset: str, key: str, shown: set) -> None:
+    for label in plan.labels:
+        c = curves.mean(label, dataset, key)
+        if len(c):
+            s = styles[label]
+            ax.plot(c["step"], c["mean"], color=s.colour, linestyle=s.line, marker=s.marker,
+                    markersize=4, markevery=max(1, len(c) // 8))  # dense curves: few markers
+            shown.add(label)
+
+
+def _positive(ax, axis: str) -> None:
+    """Log scale where every value drawn is positive (errors and losses span decades); NFE
+    budgets double, so their axis is base 2 with plain numbers."""
+    from matplotlib.ticker import ScalarFormatter
+
+    values = [v for line in ax.get_lines() for v in (line.get_ydata() if axis == "y"
+                                                      else line.get_xdata())]
+    if not values or min(np.asarray(values, dtype=float)) <= 0:
+        return
+    if axis == "y":
+        ax.set_yscale("log")
+    else:
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+
+
+def efficiency_figure(plan: Plan, frame: pd.DataFrame, curves: Curves, dataset: str) -> Figure:
+    """Sample quality against NFE, one panel per solver, then midpoint error against NFE."""
+    metrics = dataset_metrics(frame, dataset)
+    styles, shown = palette(plan), set()
+    keys = set(curves.points.loc[curves.points["dataset"] == dataset, "key"])
+    solvers = [s for s in SOLVERS.names() if vs_nfe_prefix(metrics) + s in keys]
+    fig, axes = _new(len(solvers) + 2)
+    for ax, solver in zip(axes, solvers):
+        _curve(ax, curves, plan, styles, dataset, vs_nfe_prefix(metrics) + solver, shown)
+        ax.set_title(f"{solver}")
+        _positive(ax, "x")
+    ax = axes[len(solvers)]
+    for label in plan.labels:  # every finished seed: these come from the runs table, not curves
+        done = frame[(frame["label"] == label) & (frame["dataset"] == dataset)
+                     & (frame["state"] == "finished")]
+        if final("nfe") not in done or final(metrics.quality) not in done:
+            continue
+        pts = done[[final("nfe"), final(metrics.quality)]].dropna()
+        if len(pts):
+            s = styles[label]
+            ax.errorbar(pts.iloc[:, 0].mean(), pts.iloc[:, 1].mean(),
+                        xerr=pts.iloc[:, 0].std(ddof=1) if len(pts) > 1 else None,
+                        yerr=pts.iloc[:, 1].std(ddof=1) if len(pts) > 1 else None,
+                        color=s.colour, marker=s.marker, capsize=3)
+            shown.add(label)
+    ax.set_title("dopri5 at the suite's tolerance")
+    ax = axes[-1]
+    _curve(ax, curves, plan, styles, dataset, error_key(), shown)
+    _positive(ax, "x")
+    _positive(ax, "y")
+    ax.set_title(f"numerical error, {ERROR_SOLVER}")
+    ax.set_ylabel("MSE per dim vs dopri5 at 1e-7")
+    for ax in axes:
+        ax.set_xlabel("NFE (network evaluations)")
+    for ax in axes[:-1]:
+        ax.set_ylabel(_axis_label(metrics.quality))
+    _finish(fig, axes, plan, styles, shown)
+    caption = (f"{dataset}: {METRICS.get(metrics.quality).display} against NFE "
+               f"({'per fixed-step solver, ' if solvers else ''}dopri5 points: mean ± std over "
+               f"finished seeds) and {ERROR_SOLVER} numerical error against NFE (mean over the "
+               f"first {CURVE_SEEDS} finished seeds). Lower is better.")
+    return Figure(f"efficiency-{dataset}", f"Sampling efficiency: {dataset}", caption, _png(fig))
+
+
+def training_figure(plan: Plan, frame: pd.DataFrame, curves: Curves, dataset: str) -> Figure:
+    """Training loss and sample quality against training step."""
+    metrics = dataset_metrics(frame, dataset)
+    styles, shown = palette(plan), set()
+    fig, axes = _new(2)
+    _curve(axes[0], curves, plan, styles, dataset, "train/loss", shown)
+    _positive(axes[0], "y")
+    axes[0].set_title("training loss")
+    axes[0].set_ylabel("loss (each method's own objective)")
+    _curve(axes[1], curves, plan, styles, dataset, during_key(metrics), shown)
+    axes[1].set_title(f"{METRICS.get(metrics.quality).display} during training")
+    axes[1].set_ylabel(_axis_label(metrics.quality))
+    for ax in axes:
+        ax.set_xlabel("training step")
+    _finish(fig, axes, plan, styles, shown)
+    caption = (f"{dataset}: loss and {METRICS.get(metrics.quality).display} of the EMA weights "
+               f"against training step, mean over the first {CURVE_SEEDS} finished seeds. Losses "
+               "are each method's own objective and are not comparable across methods.")
+    return Figure(f"training-{dataset}", f"Training curves: {dataset}", caption, _png(fig))

@@ -1,0 +1,472 @@
+"""Reports from an MLflow store filled with known values: every table cell, every claim verdict,
+the four formats agreeing with each other and with MLflow, and the page in a real browser.
+
+The store holds a suite of 4 methods x 2 datasets (moons: 2-D; digits: images) x 3 seeds with a
+failed trial, a running one, a missing one, a finished one without its FID, an older failed
+attempt of a trial that later finished, and a run of settings no longer in the suite file.
+"""
+
+from __future__ import annotations
+
+import csv
+import html.parser
+import io
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+from harness.cli import main
+from harness.report import build_report
+from harness.suite import load_suite
+
+SUITE = """\
+name: reptest
+methods: [fm-ot, ddpm, fm-diffusion, score-matching]
+datasets: [moons, digits]
+seeds: [0, 1, 2]
+training: {steps: 50}
+evaluation: {tol: 1e-5}
+resources: {train: {cpus: 1, gpus: 0.5}, eval: {cpus: 1, gpus: 0}}
+"""
+
+# Final metrics per (method, dataset), one value per seed; None: that seed logged no such metric.
+MOONS = {  # nll (nats), w2, nfe
+    "ddpm": ([2.61, 2.65, 2.69], [0.140, 0.150, 0.160], [120, 124, 128]),
+    "score-matching": ([2.90, 2.80, 2.85], [0.200, 0.220, 0.210], [150, 160, 155]),
+    "fm-diffusion": ([2.58, 2.62], [0.150, 0.170], [110, 126]),  # seed 2 failed
+    "fm-ot": ([2.50, 2.56, 2.53], [0.100, 0.110, 0.090], [62, 64, 66]),
+}
+DIGITS = {  # bpd, fid_classifier, nfe
+    "ddpm": ([1.52, 1.50, 1.54], [8.0, 9.0, None], [200, 210, 205]),
+    "fm-diffusion": ([1.49, 1.51, 1.50], [7.5, 7.7, 7.9], [181, 184, 187]),
+    "fm-ot": ([1.45, 1.47, 1.52], [7.2, 7.6, 7.4], [140, 142, 144]),
+}  # score-matching on digits: seed 0 failed, seed 1 never ran, seed 2 still running
+FAILED_REASON = "DivergenceError: training loss is nan at step 120"
+SM_REASON = "CheckpointError: checkpoint is corrupt"
+FID_WARNING = "FID unavailable: classifier weights missing"
+# error/midpoint by NFE: OT lower everywhere on moons, not at NFE 16 on digits
+ERRORS = {("fm-ot", "moons"): {4: 1e-2, 8: 2e-3, 16: 4e-4},
+          ("fm-diffusion", "moons"): {4: 5e-2, 8: 1e-2, 16: 2e-3},
+          ("fm-ot", "digits"): {4: 3e-2, 8: 5e-3, 16: 2e-3},
+          ("fm-diffusion", "digits"): {4: 4e-2, 8: 6e-3, 16: 1e-3}}
+# during/w2 on moons at steps 100, 200, 300 per seed; digits has during/ FID for fm-ot only
+DURING = {("fm-ot", 0): [0.30, 0.12, 0.10], ("fm-ot", 1): [0.32, 0.14, 0.10],
+          ("fm-ot", 2): [0.28, 0.10, 0.10], ("fm-diffusion", 0): [0.50, 0.30, 0.15],
+          ("fm-diffusion", 1): [0.52, 0.28, 0.17]}
+TRAIN_S, EVAL_S = 60.0, 12.0
+
+
+def _png(path: Path, colour: str) -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1))
+    fig.add_subplot().scatter([0, 1], [1, 0], color=colour)
+    fig.savefig(path, dpi=40)
+    return path
+
+
+def fill_store(tmp: Path) -> tuple[str, object, dict]:
+    """Write the suite file and its runs; returns (uri, suite, {trial name: run id})."""
+    suite_path = tmp / "reptest.yaml"
+    suite_path.write_text(SUITE)
+    suite = load_suite(suite_path)
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("reptest", artifact_location=str(tmp / "artifacts"))
+    pngs = {k: _png(tmp / k, c) for k, c in (("samples.png", "red"),
+                                                         ("trajectories.png", "blue"))}
+    ids: dict[str, str] = {}
+
+    def run(trial, status, metrics=(), tags=None, name=None):
+        base = {"fmbench.kind": "trial", "fmbench.suite": "reptest", "fmbench.trial_key": trial.key,
+                "fmbench.method": trial.method.label, "fmbench.dataset": trial.dataset.name,
+                "fmbench.seed": str(trial.seed), "fmbench.git_commit": "abc123def456",
+                "fmbench.harness_version": "0.1.0", "fmbench.device": "cpu",
+                "fmbench.train_node": "node-a"}
+        r = client.create_run(exp, tags={**base, **(tags or {})}, run_name=name or trial.name)
+        params = [Param("method", trial.method.name), Param("dataset", trial.dataset.name),
+                  Param("seed", str(trial.seed)), Param("eval.tol", "1e-05")]
+        client.log_batch(r.info.run_id, metrics=[Metric(k, float(v), 0, int(s))
+                                                 for k, v, s in metrics], params=params)
+        if status == "FINISHED":
+            for p in pngs.values():
+                client.log_artifact(r.info.run_id, str(p))
+        if status != "RUNNING":
+            client.set_terminated(r.info.run_id, status=status)
+        return r.info.run_id
+
+    for inv in range(2):  # an older and a newer invocation: the report goes to the newer
+        r = client.create_run(exp, tags={"fmbench.kind": "invocation", "fmbench.suite": "reptest"},
+                              run_name=f"invocation {inv}")
+        client.log_metric(r.info.run_id, "time/wall_s", 100.0 + inv)
+        client.set_terminated(r.info.run_id)
+        ids[f"invocation-{inv}"] = r.info.run_id
+        time.sleep(0.01)
+
+    for t in suite.trials():
+        m, d, s = t.method.name, t.dataset.name, t.seed
+        if (m, d) == ("fm-diffusion", "moons") and s == 2:
+            ids[t.name] = run(t, "FAILED", tags={"fmbench.failure": FAILED_REASON})
+            continue
+        if (m, d) == ("score-matching", "digits"):
+            if s == 0:
+                ids[t.name] = run(t, "FAILED", tags={"fmbench.failure": SM_REASON})
+            elif s == 2:
+                ids[t.name] = run(t, "RUNNING", [("train/loss", 1.0, 0)])
+            continue
+        if (m, d, s) == ("ddpm", "moons", 0):  # an earlier failed attempt, then the rerun
+            run(t, "FAILED", tags={"fmbench.failure": "OSError: disk full"})
+            time.sleep(0.01)
+        nll, quality, nfe = (MOONS if d == "moons" else DIGITS)[m]
+        nll_key, q_key = ("nll", "w2") if d == "moons" else ("bpd", "fid_classifier")
+        metrics = [(f"final/{nll_key}", nll[s], 50), (f"final/nfe", nfe[s], 50),
+                   ("time/train_s", TRAIN_S, 50), ("final/eval_time", EVAL_S, 50)]
+        if quality[s] is not None:
+            metrics.append((f"final/{q_key}", quality[s], 50))
+        metrics += [("train/loss", 1.0 / (1 + step), step) for step in range(0, 50, 10)]
+        metrics += [("error/midpoint", e, n) for n, e in ERRORS.get((m, d), {}).items()]
+        if d == "moons" and (m, s) in DURING:
+            metrics += [("during/w2", v, st) for st, v in zip((100, 200, 300), DURING[m, s])]
+        if d == "digits" and m == "fm-ot":
+            metrics += [("during/fid_classifier", 20.0 - st / 50, st) for st in (100, 200, 300)]
+        if d == "digits" and m in ("fm-ot", "ddpm"):
+            metrics += [("fid_classifier_vs_nfe/euler", 30.0 / n, n) for n in (4, 8, 16)]
+        tags = {"fmbench.warnings": FID_WARNING} if quality[s] is None else None
+        ids[t.name] = run(t, "FINISHED", metrics, tags)
+    stale = suite.trials()[0]  # same trial, older settings: a key the suite no longer has
+    run(replace(stale, key="0123456789abcdef"), "FINISHED",
+        [("final/nfe", 999.0, 50)], name="stale")
+    return uri, suite, ids
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    uri, suite, ids = fill_store(tmp)
+    return tmp, uri, suite, ids
+
+
+@pytest.fixture(scope="module")
+def report(store):
+    tmp, uri, suite, ids = store
+    return build_report(suite, uri, tmp / "out")
+
+
+# -- status and plan ------------------------------------------------------------------------------
+
+def test_status_counts_planned_trials_in_every_state(report):
+    assert report.status.counts == {"finished": 20, "running": 1, "failed": 2, "killed": 0,
+                                    "missing": 1}
+    assert report.status.ignored == 1  # the run whose key the suite no longer has
+    banner = report.status.banner()
+    assert banner.startswith("Incomplete: 20 of 24 planned trials finished, 1 running or queued, "
+                             "2 failed")
+    assert "1 not run" in banner and "1 run(s) of settings no longer in the suite" in banner
+    for path in (report.index, report.markdown):
+        assert banner in path.read_text().replace("&#x27;", "'")
+
+
+# -- the comparison table, cell by cell ------------------------------------------------------
+
+ROWS = ["DDPM", "Score Matching", "FM w/ Diffusion", "FM w/ OT"]  # baselines first, registry order
+COLUMNS = [("moons/nll", "NLL (nats) ↓", 2), ("moons/w2", "W2 (data units) ↓", 3),
+           ("moons/nfe", "NFE ↓", 0), ("digits/bpd", "NLL (bits/dim) ↓", 2),
+           ("digits/fid_classifier", "FID (classifier) ↓", 2), ("digits/nfe", "NFE ↓", 0)]
+METHOD = dict(zip(ROWS, ["ddpm", "score-matching", "fm-diffusion", "fm-ot"]))
+NOTES = (f"DDPM on digits, seed 2: finished without final/fid_classifier ({FID_WARNING})",
+         f"Score Matching on digits, seed 0: failed: {SM_REASON}",
+         "Score Matching on digits, seed 1: not run",
+         "Score Matching on digits, seed 2: still running or queued",
+         f"FM w/ Diffusion on moons, seed 2: failed: {FAILED_REASON}")
+CELL_NOTES = {("DDPM", "digits/fid_classifier"): (1,),
+              **{("Score Matching", c): (2, 3, 4) for c, _, _ in COLUMNS[3:]},
+              **{("FM w/ Diffusion", c): (5,) for c, _, _ in COLUMNS[:3]}}
+
+
+def expected_values(row: str, column: str) -> list[float]:
+    dataset, metric = column.split("/")
+    data = MOONS if dataset == "moons" else DIGITS
+    if METHOD[row] not in data:
+        return []
+    nll, quality, nfe = data[METHOD[row]]
+    values = {"nll": nll, "bpd": nll, "w2": quality, "fid_classifier": quality, "nfe": nfe}[metric]
+    return [v for v in values if v is not None]
+
+
+def expected_text(row: str, column: str, places: int) -> str:
+    values = expected_values(row, column)
+    if not values:
+        return "—"
+    text = f"{statistics.mean(values):.{places}f}"
+    return text + (f" ± {statistics.stdev(values):.{places}f}" if len(values) > 1 else "")
+
+
+def test_comparison_table_every_cell(report):
+    table = report.tables["comparison"]
+    assert list(table.rows) == ROWS
+    assert [(c.key, c.header, c.group) for c in table.columns] == \
+        [(k, h, k.split("/")[0]) for k, h, _ in COLUMNS]
+    assert table.footnotes == NOTES
+    for row in ROWS:
+        for key, _, places in COLUMNS:
+            cell = table.cell(row, key)
+            values = expected_values(row, key)
+            assert cell.value_text == expected_text(row, key, places), (row, key)
+            assert cell.n == len(values), (row, key)
+            assert cell.notes == CELL_NOTES.get((row, key), ()), (row, key)
+            assert cell.bold == (row == "FM w/ OT"), (row, key)  # best everywhere, by design
+    # a few cells worked out on paper
+    assert table.cell("FM w/ OT", "moons/nfe").value_text == "64 ± 2"
+    assert table.cell("FM w/ Diffusion", "moons/w2").value_text == "0.160 ± 0.014"
+    assert table.cell("DDPM", "digits/fid_classifier").value_text == "8.50 ± 0.71"
+    assert table.cell("Score Matching", "digits/bpd").value_text == "—"
+
+
+# -- the four formats agree with each other and with MLflow ---------------------------------------
+
+class _Cells(html.parser.HTMLParser):
+    """(text, bold, n, notes) of each <td> of the comparison table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows, self.inside, self.where = [], False, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.inside = dict(attrs).get("id") == "table-comparison"
+        elif self.inside and tag == "tr":
+            self.rows.append([])
+        elif self.inside and tag == "td":
+            self.rows[-1].append({"text": "", "bold": False, "n": "", "notes": ""})
+            self.where = "text"
+        elif self.inside and self.where and tag in ("strong", "span", "sup"):
+            self.where = {"strong": "text", "span": "n", "sup": "notes"}[tag]
+            self.rows[-1][-1]["bold"] |= tag == "strong"
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self.inside = False
+        elif tag == "td":
+            self.where = None
+        elif tag in ("span", "sup", "strong") and self.where:
+            self.where = "text"
+
+    def handle_data(self, data):
+        if self.inside and self.where:
+            self.rows[-1][-1][self.where] += data
+
+
+def _parse_html(path: Path) -> list[tuple]:
+    parser = _Cells()
+    parser.feed(path.read_text())
+    out = []
+    for row in parser.rows:
+        for c in row:
+            notes = tuple(int(k) for k in re.findall(r"\d+", c["notes"]))
+            out.append((c["text"].strip(), c["bold"], c["n"].strip("()"), notes))
+    return out
+
+
+MD_CELL = re.compile(r"^(?P<b>\*\*)?(?P<v>.+?)(?:\*\*)?(?: \((?P<n>n=\d+)\))?"
+                     r"(?:<sup>(?P<notes>[\d,]+)</sup>)?$")
+TEX_CELL = re.compile(r"^(?P<b>\\textbf\{)?(?P<v>.+?)\}?(?: \{\\scriptsize \((?P<n>n=\d+)\)\})?"
+                      r"(?:\\textsuperscript\{(?P<notes>[\d,]+)\})?$")
+
+
+def _parse_lines(lines: list[str], split: str, pattern: re.Pattern, untex=False) -> list[tuple]:
+    out = []
+    for line in lines:
+        for raw in line.split(split)[1:]:
+            m = pattern.match(raw.strip())
+            value = m["v"]
+            if untex:
+                value = value.replace(r" $\pm$ ", " ± ").replace("---", "—")
+            notes = tuple(int(k) for k in m["notes"].split(",")) if m["notes"] else ()
+            out.append((value, bool(m["b"]), m["n"] or "", notes))
+    return out
+
+
+def _mlflow_values(uri: str) -> dict[tuple[str, str], list[float]]:
+    """Straight from MLflow, without the report: finished runs' final metrics per cell."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("reptest").experiment_id
+    out: dict[tuple[str, str], list[float]] = {}
+    for r in client.search_runs([exp], "tags.`fmbench.kind` = 'trial' and "
+                                "attributes.status = 'FINISHED'", max_results=1000):
+        if r.info.run_name == "stale":
+            continue
+        for key, value in r.data.metrics.items():
+            if key.startswith("final/"):
+                cell = (r.data.tags["fmbench.method"],
+                        f"{r.data.tags['fmbench.dataset']}/{key[len('final/'):]}")
+                out.setdefault(cell, []).append(value)
+    return out
+
+
+def test_html_markdown_csv_latex_agree_with_each_other_and_mlflow(report, store):
+    out = report.out_dir
+    rows = list(csv.DictReader(io.StringIO((out / "comparison.csv").read_text())))
+    assert len(rows) == len(ROWS) * len(COLUMNS)
+    from_csv = [(r["text"], r["best"] == "1", f"n={r['n']}" if r["n"] else "",
+                 tuple(NOTES.index(t) + 1 for t in r["notes"].split(" | ") if t)) for r in rows]
+    md = out.joinpath("report.md").read_text().split("## Comparison")[1].split("\n\n")[1]
+    from_md = _parse_lines([line.removesuffix(" |") for line in md.splitlines()[2:]], " | ",
+                           MD_CELL)
+    tex = out.joinpath("comparison.tex").read_text()
+    body = tex.split("\\midrule\n")[1].split("\\bottomrule")[0]
+    from_tex = _parse_lines([line.removesuffix(" \\\\") for line in body.splitlines()], " & ",
+                            TEX_CELL, untex=True)
+    from_html = _parse_html(report.index)
+    assert from_html == from_csv
+    assert from_md == from_csv
+    assert from_tex == from_csv
+    # and the full-precision numbers in the CSV are MLflow's, averaged
+    logged = _mlflow_values(store[1])
+    for r in rows:
+        values = logged.get((r["row_key"], r["key"]), [])
+        assert int(r["n"] or 0) == len(values), r
+        if values:
+            assert float(r["mean"]) == pytest.approx(statistics.mean(values), rel=1e-12)
+            if len(values) > 1:
+                assert float(r["std"]) == pytest.approx(statistics.stdev(values), rel=1e-12)
+
+
+
+# -- claims ---------------------------------------------------------------------------------------
+
+def test_claim_verdicts_and_numbers(report):
+    nfe, error, early = report.claims
+    # NFE: moons 64 vs mean(110, 126) = 118; digits 142 vs 184; means over datasets 103 vs 151
+    assert nfe.verdict == "holds"
+    assert nfe.evidence == "holds on 2/2 datasets, 103 vs 151 mean NFE"
+    assert "tol 1e-05" in nfe.statement and "FM w/ OT vs FM w/ Diffusion" in nfe.statement
+    assert nfe.details == ("moons: 64 vs 118 mean NFE (n=3 vs 2): holds",
+                           "digits: 142 vs 184 mean NFE (n=3 vs 3): holds")
+    # midpoint error: lower at NFE 4, 8, 16 on moons; at 4 and 8 but not 16 on digits
+    assert error.verdict == "mixed"
+    assert error.evidence == "holds on 1/2 datasets, OT error lower at 5/6 (dataset, NFE) points"
+    assert error.details[1].endswith("OT lower at 2/3 NFE: does not hold")
+    # during/w2 means: OT 0.30, 0.12, 0.10; VP (seeds 0, 1) 0.51, 0.29, 0.16 -> threshold 0.16,
+    # first reached at step 200 (OT) and 300 (VP); digits has no VP curve
+    assert early.verdict == "holds"
+    assert early.evidence == ("holds on 1/1 dataset, first reached at step 200 vs 300 on average;"
+                              " not enough data on digits")
+    assert early.details == ("moons: W2 ≤ 0.16 first at step 200 vs 300 (3 vs 2 seeds): holds",)
+    md, page = report.markdown.read_text(), report.index.read_text()
+    for claim in report.claims:
+        assert f"**{claim.verdict.capitalize()}**: {claim.evidence}" in md
+        assert html.escape(claim.evidence) in page
+
+
+def test_not_enough_data_without_the_pair_and_a_grid_inferred_from_runs(store, tmp_path):
+    """A suite known by name only, with FM w/ OT alone: claims say so instead of guessing."""
+    _, uri, suite, _ = store
+    client = MlflowClient(uri)
+    exp = client.create_experiment("solo", artifact_location=str(tmp_path / "artifacts"))
+    for seed in (0, 1):
+        tags = {"fmbench.kind": "trial", "fmbench.suite": "solo", "fmbench.method": "fm-ot",
+                "fmbench.dataset": "moons", "fmbench.seed": str(seed),
+                "fmbench.trial_key": f"k{seed}"}
+        r = client.create_run(exp, tags=tags)
+        client.log_batch(r.info.run_id, [Metric("final/nfe", 60.0 + seed, 0, 1),
+                                         Metric("final/w2", 0.1, 0, 1)], [Param("method", "fm-ot")])
+        client.set_terminated(r.info.run_id)
+    result = build_report("solo", uri, tmp_path / "out")
+    assert [c.verdict for c in result.claims] == ["not enough data"] * 3
+    assert all("FM w/ Diffusion (not in suite)" in c.statement for c in result.claims)
+    assert result.status.complete and "inferred from the runs found" in result.status.banner()
+    assert result.tables["comparison"].cell("FM w/ OT", "moons/nfe").value_text == "60.50 ± 0.71"
+    assert result.logged_to is None and "no invocation run" in result.warnings[0]
+
+
+# -- files, self-containment, MLflow artifact, cost ------------------------------------------
+
+def test_report_files_and_self_contained_page(report):
+    out = report.out_dir
+    for name in ("comparison", "claims", "cost", "provenance"):
+        assert (out / f"{name}.csv").stat().st_size and (out / f"{name}.tex").stat().st_size
+    md = report.markdown.read_text()
+    pngs = re.findall(r"\]\(([^)]+\.png)\)", md)
+    assert len(pngs) == 4 + 14  # 2 datasets x 2 figures; 7 trials x (samples + trajectories)
+    assert all((out / p).is_file() for p in pngs)
+    page = report.index.read_text()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == 18 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r'(src|href)="(?!data:|#)', page)  # nothing fetched from anywhere
+    assert "<link" not in page and "@import" not in page and "url(" not in page
+
+
+def test_report_is_logged_to_the_latest_invocation_run(report, store):
+    _, uri, _, ids = store
+    assert report.logged_to == ids["invocation-1"] and not report.warnings
+    client = MlflowClient(uri)
+    logged = {a.path for a in client.list_artifacts(ids["invocation-1"], "report")}
+    assert {"report/index.html", "report/report.md", "report/comparison.csv"} <= logged
+    assert not client.list_artifacts(ids["invocation-0"], "report")
+
+
+def test_cost_per_trial_and_total(report):
+    rows = list(csv.DictReader(io.StringIO((report.out_dir / "cost.csv").read_text())))
+    by = {(r["row_key"], r["key"]): r for r in rows}
+    assert len({r["row_key"] for r in rows}) == 23 + 1  # runs (finished, failed, running) + total
+    assert float(by["fm-ot-moons-s0", "wall_s"]["mean"]) == TRAIN_S + EVAL_S
+    assert float(by["fm-ot-moons-s0", "accel_h"]["mean"]) == pytest.approx(TRAIN_S * 0.5 / 3600)
+    assert by["fm-diffusion-moons-s2", "wall_s"]["text"] == "—"  # failed before any timing
+    assert float(by["total", "wall_s"]["mean"]) == pytest.approx(20 * (TRAIN_S + EVAL_S))
+    assert float(by["total", "accel_h"]["mean"]) == pytest.approx(20 * TRAIN_S * 0.5 / 3600)
+    facts = {r["row_key"]: r["text"] for r in csv.DictReader(
+        io.StringIO((report.out_dir / "provenance.csv").read_text()))}
+    assert facts["Git commit (trials)"] == "abc123def456" and facts["Suite"] == "reptest"
+    assert facts["Suite file"].endswith("reptest.yaml")
+
+
+# -- a real browser -------------------------------------------------------------------------------
+
+def _chromium() -> str:
+    exe = shutil.which("chromium")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium")
+        pytest.skip("chromium is not installed (apt-get install chromium); CI fails here")
+    return exe
+
+
+def test_index_renders_in_headless_chromium_with_every_image(report, tmp_path):
+    """The page's load handler writes data-images="<images>/<failed>" on <html>; --dump-dom
+    prints the DOM after it ran, and --enable-logging prints console messages to stderr."""
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
+           "--v=0", "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=10000",
+           "--dump-dom", report.index.resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    marker = re.search(r'<html[^>]*data-images="(\d+)/(\d+)"', proc.stdout)
+    assert marker, "the page's load handler did not run"
+    assert marker.groups() == ("18", "0")  # every image decoded, none failed
+    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+    assert console == []
+    assert 'id="table-comparison"' in proc.stdout and "FM w/ OT" in proc.stdout
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+def test_cli_report_prints_the_index_path(store, tmp_path, capsys):
+    tmp, uri, suite, _ = store
+    out = tmp_path / "cli"
+    assert main(["report", suite.path, "--tracking-uri", uri, "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str((out / "index.html").resolve())
+    assert "Incomplete: 20 of 24" in captured.err
+    assert main(["report", "nosuch", "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fmbench: error: no MLflow experiment 'nosuch'") and "\n" not in err
