@@ -24,6 +24,9 @@ from harness.tracking import (FAILED, FINISHED, KEY, KILLED, KIND, RUNNING, SCHE
                               RunLogger, Tracker, git_commit)
 
 LOSS_FLUSH_SECONDS = 5.0
+TASK_RETRIES = 3
+"""Times Ray reruns a task whose worker or node died (not one that raised: a diverged or misconfigured
+trial fails at once). Each rerun resumes from the trial's last checkpoint."""
 
 
 # -- the work of a task (plain functions, so they can be tested without Ray) -----------------------
@@ -38,39 +41,54 @@ def train_task(spec, checkpoint_dir: str, logger: RunLogger) -> dict[str, Any]:
     logger.log_params(prep.config)
     logger.set_tags({"fmbench.train_node": _node_id(), "fmbench.device": str(device),
                      "fmbench.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")})
-    # A rerun may resume a run that already logged part of its curve: log only what is new.
-    logged = [logger.last_step("train/loss")]
-    pending: list[tuple[int, float]] = []
-    last_flush = [time.monotonic()]
-
-    def flush(points) -> None:
-        new = [p for p in points if p[0] > logged[0]]
-        if new:
-            logger.log_history("train/loss", new)
-            logged[0] = new[-1][0]
-        pending.clear()
-        last_flush[0] = time.monotonic()
-
-    def progress(step: int, loss: float) -> None:
-        if step % prep.spec.train.log_every == 0 and math.isfinite(loss):
-            pending.append((step, loss))
-        if pending and time.monotonic() - last_flush[0] > LOSS_FLUSH_SECONDS:
-            flush(list(pending))
+    losses = _LossUploader(logger, prep.spec.train.log_every)
+    evaluated = logger.logged_steps("during/nfe")  # by an earlier attempt of this run
 
     def on_eval(step: int, ema) -> None:
         from harness.evaluate import evaluate_during_training
 
-        if step == prep.spec.train.steps:
-            return  # the eval task measures the final weights and logs this point
+        if step == prep.spec.train.steps or step in evaluated:
+            return  # the eval task measures the final weights and logs that point
 
         metrics = evaluate_during_training(prep.method, ema, prep.dataset, prep.spec.eval, device)
         logger.log_metrics({f"during/{k}": v for k, v in metrics.items()}, step=step)
 
-    result = train_trial(prep, checkpoint_dir, device=device, progress=progress, on_eval=on_eval)
-    flush(result.losses)  # the whole history: also what a resumed checkpoint logged elsewhere
+    result = train_trial(prep, checkpoint_dir, device=device, progress=losses.add,
+                         on_eval=on_eval)
+    losses.flush(result.losses)  # the whole curve: also what the checkpoint restored
     logger.log_metrics({"time/train_s": result.seconds}, step=result.step)
     return {"step": result.step, "seconds": result.seconds, "resumed_from": result.resumed_from,
             "device": str(device)}
+
+
+class _LossUploader:
+    """Streams ``train/loss`` to the run every LOSS_FLUSH_SECONDS and logs each step once: an
+    attempt that resumes a checkpoint (a rerun, a lost node) fills in whatever part of the curve
+    the run lacks, and marks where it started with ``train/started_at_step``."""
+
+    def __init__(self, logger: RunLogger, log_every: int) -> None:
+        self.logger, self.log_every = logger, log_every
+        self.logged = logger.logged_steps("train/loss")
+        self.pending: list[tuple[int, float]] = []
+        self.last_flush = time.monotonic()
+        self.started = False
+
+    def add(self, step: int, loss: float) -> None:
+        if not self.started:
+            self.started = True
+            self.logger.log_metrics({"train/started_at_step": step - 1}, step=step - 1)
+        if step % self.log_every == 0 and math.isfinite(loss):
+            self.pending.append((step, loss))
+        if self.pending and time.monotonic() - self.last_flush > LOSS_FLUSH_SECONDS:
+            self.flush(self.pending)
+
+    def flush(self, points: list[tuple[int, float]]) -> None:
+        new = [(step, loss) for step, loss in points if step not in self.logged]
+        if new:
+            self.logger.log_history("train/loss", new)
+            self.logged.update(step for step, _ in new)
+        self.pending = []
+        self.last_flush = time.monotonic()
 
 
 def _node_id() -> str:
@@ -306,6 +324,7 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
             fn = train if phase == "training" else evaluate
             ckpt = str(_checkpoint_dir(storage, suite.name, t.key))
             ref = fn.options(num_cpus=res.cpus, num_gpus=res.gpus, name=f"{phase[:5]}:{t.name}",
+                             max_retries=TASK_RETRIES, retry_exceptions=False,
                              **runtime_env).remote(t.spec, ckpt, state.logger)
             inflight[ref] = (phase, state)
             capacity.take(res)

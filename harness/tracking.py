@@ -56,19 +56,38 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         raise TrackingError(f"tracking server {uri} is unreachable ({reason})") from None
 
 
-def retry(fn: Callable[[], T], what: str, attempts: int = 6, first_wait: float = 0.5) -> T:
-    """Call ``fn`` until it succeeds, waiting 0.5, 1, 2, ... s between tries (about 30 s in all)."""
-    wait = first_wait
-    for attempt in range(attempts):
+def retry_budget() -> float:
+    """Seconds a tracking call keeps retrying: ``$FMBENCH_TRACKING_RETRY_S`` or 120, long enough
+    for a tracking server to restart; MLflow's own HTTP retries run inside each try."""
+    text = os.environ.get("FMBENCH_TRACKING_RETRY_S", "120")
+    try:
+        value = float(text)
+    except ValueError:
+        raise TrackingError(f"FMBENCH_TRACKING_RETRY_S must be a number of seconds, "
+                            f"got {text!r}") from None
+    if not value >= 0:
+        raise TrackingError(f"FMBENCH_TRACKING_RETRY_S must be >= 0, got {text!r}")
+    return value
+
+
+def retry(fn: Callable[[], T], what: str, budget: float | None = None,
+          first_wait: float = 0.5, max_wait: float = 10.0) -> T:
+    """Call ``fn`` until it succeeds, waiting 0.5, 1, 2, ... (at most ``max_wait``) seconds between
+    tries, for at most ``budget`` seconds (:func:`retry_budget` by default) before giving up."""
+    budget = retry_budget() if budget is None else budget
+    deadline = time.monotonic() + budget
+    wait, tries = first_wait, 0
+    while True:
+        tries += 1
         try:
             return fn()
         except Exception as exc:  # MLflow raises many types for a server that is down
-            if attempt == attempts - 1:
-                raise TrackingError(f"{what} failed after {attempts} tries: "
-                                    f"{str(exc).splitlines()[0][:200]}") from None
+            if time.monotonic() + wait > deadline:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise TrackingError(f"{what} failed after {tries} tries over {budget:g} s: "
+                                    f"{first[:200]}") from None
             time.sleep(wait)
-            wait *= 2
-    raise AssertionError("unreachable")
+            wait = min(wait * 2, max_wait)
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -93,6 +112,9 @@ def git_commit() -> str:
 
 
 def _client(uri: str):
+    # fmbench's own retry (:func:`retry`) paces retries: MLflow's HTTP retries would otherwise
+    # back off up to minutes inside every try and delay recovery long after a server is back.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     from mlflow import MlflowClient  # imported lazily: the science core never needs MLflow
 
     return MlflowClient(tracking_uri=uri)
@@ -125,11 +147,11 @@ class RunLogger:
         """One metric at several steps: (step, value) pairs."""
         self._log_points((key, v, step) for step, v in points)
 
-    def last_step(self, key: str) -> int:
-        """The largest step logged for metric ``key`` (-1 when none)."""
+    def logged_steps(self, key: str) -> set[int]:
+        """The steps at which metric ``key`` has been logged in this run."""
         history = self._do("reading metric history",
                            lambda c: c.get_metric_history(self.run_id, key))
-        return max((m.step for m in history), default=-1)
+        return {m.step for m in history}
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -184,7 +206,7 @@ class Tracker:
                 return client.create_experiment(self.experiment, tags={KIND: "suite"})
 
             self._experiment_id = retry(get_or_create, f"opening experiment {self.experiment!r} "
-                                                      f"at {self.uri}", attempts=3)
+                                                      f"at {self.uri}", budget=10.0)
         return self._experiment_id
 
     def start_run(self, name: str, tags: dict[str, Any], parent_id: str | None = None,

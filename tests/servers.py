@@ -18,33 +18,58 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def mlflow_server(folder: Path):
-    """``mlflow server`` with a SQLite backend and served artifacts, bound to 127.0.0.1."""
-    port = free_port()
-    folder.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-           "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts",
-           "--workers", "1"]
-    log = open(folder / "server.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
+class MlflowServer:
+    """``mlflow server`` with a SQLite backend and served artifacts, bound to 127.0.0.1.
+    ``stop`` and ``start`` again keep the port and the store: a tracking server restarting."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def start(self, timeout: float = 120) -> None:
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+               "--port", str(self.port),
+               "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+               "--artifacts-destination", str(self.folder / "artifacts"), "--serve-artifacts",
+               "--workers", "1"]
+        with open(self.folder / "server.log", "a") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                with urllib.request.urlopen(uri + "/health", timeout=2):
-                    break
+                with urllib.request.urlopen(self.uri + "/health", timeout=2):
+                    return
             except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    log_text = (self.folder / "server.log").read_text()[-2000:]
+                    self.stop()
+                    raise RuntimeError(f"mlflow server did not start: {log_text}") from None
                 time.sleep(0.5)
-        yield uri
-    finally:
-        os.killpg(proc.pid, 15)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
         try:
-            proc.wait(timeout=20)
+            os.killpg(self.proc.pid, 15)
+            self.proc.wait(timeout=20)
+        except ProcessLookupError:
+            pass
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-        log.close()
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+        self.proc = None
+
+
+@contextmanager
+def mlflow_server(folder: Path):
+    """A running :class:`MlflowServer` for the ``with`` block; yields its URI."""
+    server = MlflowServer(folder)
+    server.start()
+    try:
+        yield server.uri
+    finally:
+        server.stop()

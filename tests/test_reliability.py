@@ -1,0 +1,270 @@
+"""Fault injection on the real things (issue 6): a node removed mid-training, a driver killed with
+SIGKILL, a diverging trial, a tracking server that restarts mid-suite."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from harness.checkpoint import load_checkpoint
+from harness.scheduler import run_suite
+from harness.suite import load_suite
+from harness.tracking import KEY, Tracker
+
+SUITE = """\
+name: {name}
+methods: {methods}
+datasets: [moons]
+seeds: [0]
+model: {{vector: {{name: mlp, hidden: 32, depth: 2}}}}
+training: {{steps: {steps}, batch_size: 64, warmup_steps: 5, checkpoint_every: {every},
+           log_every: 10}}
+evaluation: {{samples: 100, nll_samples: 50, error_samples: 8, nfe_budgets: [4, 8], tol: 1e-3,
+             reference_tol: 1e-5, trajectory_samples: 0}}
+resources: {{train: {{cpus: {cpus}, gpus: 0}}, eval: {{cpus: {cpus}, gpus: 0}}}}
+storage: {{checkpoints: {storage}}}
+tracking: {{experiment: {name}}}
+"""
+
+
+def _write(folder: Path, name: str, methods: str = "[fm-ot]", steps: int = 200, every: int = 50,
+           cpus: float = 1, storage: Path | None = None) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(SUITE.format(name=name, methods=methods, steps=steps, every=every, cpus=cpus,
+                                 storage=storage or folder / "ckpt"))
+    return path
+
+
+def _wait_for(condition, timeout: float, what: str, poll: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _checkpoint_step(folder: Path) -> int:
+    """The step of the checkpoint in ``folder`` (-1 while there is none)."""
+    path = folder / "checkpoint.pt"
+    return int(load_checkpoint(path)["step"]) if path.exists() else -1
+
+
+def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def _all_trial_runs(uri: str, experiment: str) -> list:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:  # not created yet
+        return []
+    return [r for r in client.search_runs([exp.experiment_id], max_results=1000)
+            if r.data.tags.get("fmbench.kind") == "trial"]
+
+
+def _in_thread(fn, *args, **kwargs):
+    """Run ``fn`` in a thread; returns (thread, box) with box["value"] or box["error"]."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # handed to the test thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def _result(thread, box, timeout: float):
+    thread.join(timeout)
+    assert not thread.is_alive(), f"still running after {timeout} s"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+# -- 1. a node is lost mid-training ----------------------------------------------------------------
+def test_node_lost_mid_training_resumes_elsewhere_in_the_same_run(ray_cluster, tmp_path):
+    """The trial asks for 3 CPUs, which only the node added here has. It is removed (processes
+    killed) once training has checkpointed; a replacement node joins; Ray reruns the task there,
+    which resumes from the checkpoint and logs into the same MLflow run."""
+    victim = ray_cluster.add_node(num_cpus=3)
+    replacement = None
+    try:
+        ray_cluster.wait_for_nodes()
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        suite = load_suite(_write(tmp_path, "node-loss", steps=1500, every=50, cpus=3))
+        trial = suite.trials()[0]
+        folder = tmp_path / "ckpt" / "node-loss" / trial.key
+        thread, box = _in_thread(run_suite, suite, tracking_uri=uri, stream=io.StringIO())
+        _wait_for(lambda: _checkpoint_step(folder) >= 100, 180, "the first checkpoints")
+        reached = _checkpoint_step(folder)
+        assert reached < 1500, "training finished before the node could be removed"
+        ray_cluster.remove_node(victim, allow_graceful=False)
+        replacement = ray_cluster.add_node(num_cpus=3)
+        summary = _result(thread, box, 300)
+
+        assert summary.count("finished") == 1 and summary.ok
+        runs = _all_trial_runs(uri, "node-loss")
+        assert len(runs) == 1 and runs[0].data.tags[KEY] == trial.key
+        run = runs[0]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["fmbench.train_node"] == replacement.node_id != victim.node_id
+        client = MlflowClient(uri)
+        starts = [step for step, _ in _history(client, run.info.run_id, "train/started_at_step")]
+        assert starts[0] == 0 and len(starts) == 2 and reached <= starts[1] < 1500, starts
+        # Continued, not restarted: every logged step exactly once, none missing.
+        losses = client.get_metric_history(run.info.run_id, "train/loss")
+        assert sorted(m.step for m in losses) == list(range(10, 1501, 10))
+        assert {"final/nfe", "final/nll", "final/w2", "final/mmd"} <= set(run.data.metrics)
+    finally:
+        for node in (victim, replacement):
+            if node is not None and node in ray_cluster.worker_nodes:
+                ray_cluster.remove_node(node)
+
+
+# -- 2. the driver is killed -----------------------------------------------------------------------
+FINAL = ("final/nfe", "final/nll", "final/w2", "final/mmd", "final/nll_nfe")
+
+
+def test_killed_driver_rerun_finishes_only_missing_trials_with_the_same_results(ray_cluster,
+                                                                               tmp_path):
+    """Trials run one at a time (2 CPUs each); the driver is SIGKILLed after the first finished,
+    while the second trains. Rerunning the same command finishes only what was missing, in the
+    same runs, and gives the results of a run that was never interrupted."""
+    methods = "[fm-ot, rectified-flow, ddpm]"
+    path = _write(tmp_path, "killed", methods=methods, steps=400, every=50, cpus=2)
+    suite = load_suite(path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = [sys.executable, "-m", "harness.cli", "run", str(path), "--address",
+               ray_cluster.address, "--tracking-uri", uri]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        def one_finished_one_training():
+            if not (tmp_path / "mlflow.db").exists():
+                return False
+            try:
+                runs = _all_trial_runs(uri, "killed")
+            except Exception:  # the store is still being created
+                return False
+            finished = [r for r in runs if r.info.status == "FINISHED"]
+            training = [r for r in runs if r.info.status == "RUNNING"
+                        and _checkpoint_step(tmp_path / "ckpt" / "killed" /
+                                             r.data.tags[KEY]) >= 50]
+            return len(finished) == 1 and training
+        _wait_for(one_finished_one_training, 240, "one finished trial and one training", poll=0.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    before = {r.data.tags[KEY]: r for r in _all_trial_runs(uri, "killed")}
+    assert sorted(r.info.status for r in before.values()).count("FINISHED") == 1
+
+    rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "2 finished, 0 failed, 1 skipped" in rerun.stdout
+    after = {r.data.tags[KEY]: r for r in _all_trial_runs(uri, "killed")}
+    assert len(_all_trial_runs(uri, "killed")) == 3, "one run per trial, none duplicated"
+    assert {k: r.info.run_id for k, r in after.items()} == {k: r.info.run_id for k, r in
+                                                             before.items()}
+    assert all(r.info.status == "FINISHED" for r in after.values())
+    resumed = [r for r in before.values() if r.info.status == "RUNNING"]
+    client = MlflowClient(uri)
+    for run in resumed:  # the interrupted training continued from its checkpoint
+        starts = _history(client, run.info.run_id, "train/started_at_step")
+        assert len(starts) == 2 and starts[1][0] >= 50, starts
+        assert sorted(m.step for m in client.get_metric_history(
+            run.info.run_id, "train/loss")) == list(range(10, 401, 10))
+
+    # The same suite never interrupted, in its own store and checkpoint folder.
+    clean_uri = f"sqlite:///{tmp_path / 'clean.db'}"
+    (tmp_path / "clean").mkdir()
+    clean_suite = load_suite(_write(tmp_path / "clean", "killed", methods=methods, steps=400,
+                                    every=50, cpus=2, storage=tmp_path / "clean-ckpt"))
+    assert [t.key for t in clean_suite.trials()] == [t.key for t in suite.trials()]
+    assert run_suite(clean_suite, tracking_uri=clean_uri, stream=io.StringIO()).ok
+    clean = {r.data.tags[KEY]: r for r in _all_trial_runs(clean_uri, "killed")}
+    for key, run in after.items():
+        for name in FINAL:
+            assert run.data.metrics[name] == pytest.approx(clean[key].data.metrics[name],
+                                                           rel=1e-5, abs=1e-8), (key, name)
+
+
+# -- 3. a trial diverges ---------------------------------------------------------------------------
+def test_diverging_trial_fails_with_its_reason_and_the_report_shows_it(ray_cluster, tmp_path):
+    """VE with sigma_max = 1e30 overflows float32 at once: a real NaN loss from a suite setting."""
+    from harness.report import build_report
+
+    methods = "[fm-ot, {name: score-matching, sigma_max: 1.0e+30}]"
+    path = _write(tmp_path, "diverges", methods=methods, steps=60, every=20, cpus=1)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = io.StringIO()
+    summary = run_suite(load_suite(path), tracking_uri=uri, stream=out)
+    assert summary.count("finished") == 1 and summary.count("failed") == 1
+    runs = {r.data.tags["fmbench.method"]: r for r in _all_trial_runs(uri, "diverges")}
+    failed, ok = runs["score-matching"], runs["fm-ot"]
+    assert ok.info.status == "FINISHED" and failed.info.status == "FAILED"
+    reason = failed.data.tags["fmbench.failure"]
+    assert reason.startswith("DivergenceError: training loss became nan between steps 1 and 10")
+    assert "score-matching-moons-s0 failed: DivergenceError" in out.getvalue()
+
+    report = build_report(path, uri, tmp_path / "report")
+    assert "1 failed" in report.status.banner()
+    html = (tmp_path / "report" / "index.html").read_text()
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    for text in (html, markdown):
+        assert "training loss became nan between steps 1 and 10" in text
+
+
+# -- 4. the tracking server restarts ---------------------------------------------------------------
+def test_tracking_server_restart_mid_suite_loses_nothing(ray_cluster, tmp_path):
+    """The server is stopped once training has logged, stays down for a few seconds, and comes
+    back on the same port and store: workers and driver retry; every run finishes complete."""
+    from tests.servers import MlflowServer
+
+    server = MlflowServer(tmp_path / "server")
+    server.start()
+    try:
+        path = _write(tmp_path, "outage", methods="[fm-ot, rectified-flow]", steps=800,
+                      every=250, cpus=1)
+        suite = load_suite(path)
+        thread, box = _in_thread(run_suite, suite, tracking_uri=server.uri, stream=io.StringIO())
+
+        def logging_started():
+            runs = _all_trial_runs(server.uri, "outage")
+            return len(runs) == 2 and all("train/loss" in r.data.metrics for r in runs)
+        _wait_for(logging_started, 180, "both trials to log losses", poll=0.5)
+        server.stop()
+        down = time.monotonic()
+        time.sleep(4)
+        server.start()
+        outage = time.monotonic() - down
+        summary = _result(thread, box, 400)
+    finally:
+        server.stop()
+    server.start()
+    try:
+        assert summary.ok and summary.count("finished") == 2
+        runs = _all_trial_runs(server.uri, "outage")
+        assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+        client = MlflowClient(server.uri)
+        for run in runs:
+            assert set(FINAL) <= set(run.data.metrics)
+            assert sorted(m.step for m in client.get_metric_history(
+                run.info.run_id, "train/loss")) == list(range(10, 801, 10))
+        assert outage > 4
+    finally:
+        server.stop()
