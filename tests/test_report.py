@@ -9,6 +9,7 @@ attempt of a trial that later finished, and a run of settings no longer in the s
 from __future__ import annotations
 
 import csv
+import gc
 import html.parser
 import io
 import os
@@ -20,12 +21,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import mlflow
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from harness.cli import main
-from harness.report import build_report
+from harness.report import build_report, collect
 from harness.suite import load_suite
 
 SUITE = """\
@@ -74,12 +77,13 @@ def _png(path: Path, colour: str) -> Path:
     return path
 
 
-def fill_store(tmp: Path) -> tuple[str, object, dict]:
-    """Write the suite file and its runs; returns (uri, suite, {trial name: run id})."""
+def fill_store(tmp: Path, uri: str | None = None) -> tuple[str, object, dict]:
+    """Write the suite file and its runs (into ``uri``, by default a new SQLite store in ``tmp``);
+    returns (uri, suite, {trial name: run id})."""
     suite_path = tmp / "reptest.yaml"
     suite_path.write_text(SUITE)
     suite = load_suite(suite_path)
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    uri = uri or f"sqlite:///{tmp / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.create_experiment("reptest", artifact_location=str(tmp / "artifacts"))
     pngs = {k: _png(tmp / k, c) for k, c in (("samples.png", "red"),
@@ -386,6 +390,45 @@ def test_not_enough_data_without_the_pair_and_a_grid_inferred_from_runs(store, t
     assert result.status.complete and "inferred from the runs found" in result.status.banner()
     assert result.tables["comparison"].cell("FM w/ OT", "moons/nfe").value_text == "60.50 ± 0.71"
     assert result.logged_to is None and "no invocation run" in result.warnings[0]
+
+
+# -- reading MLflow ---------------------------------------------------------------------------------
+
+def _search_runs_frame(uri: str, experiment: str) -> pd.DataFrame:
+    """What ``mlflow.search_runs`` returns for the suite's runs: the frame Store.runs must match."""
+    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        return mlflow.search_runs(experiment_names=[experiment],
+                                  filter_string=f"tags.`fmbench.suite` = '{experiment}'",
+                                  order_by=["attributes.start_time DESC"])
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+@pytest.mark.parametrize("page", [7, 10_000], ids=["pages-of-7", "one-page"])
+def test_runs_frame_is_what_mlflow_search_runs_returns(store, monkeypatch, page):
+    _, uri, _, ids = store
+    monkeypatch.setattr(collect, "PAGE", page)
+    ours = collect.Store(uri, "reptest").runs("reptest")
+    assert gc.isenabled()  # paused while reading, restored after
+    assert len(ours) == len(ids) + 2 and ours["start_time"].is_monotonic_decreasing
+    pd.testing.assert_frame_equal(ours, _search_runs_frame(uri, "reptest"), check_like=True)
+
+
+def test_report_from_an_http_tracking_server_matches_the_sqlite_one(report, mlflow_uri, tmp_path,
+                                                                   monkeypatch):
+    """``fmbench report --tracking-uri http://...``: the same runs logged to an ``mlflow server``
+    give the same tables, read in several pages."""
+    _, suite, _ = fill_store(tmp_path, mlflow_uri)
+    monkeypatch.setattr(collect, "PAGE", 10)
+    ours = collect.Store(mlflow_uri, "reptest").runs("reptest")
+    pd.testing.assert_frame_equal(ours, _search_runs_frame(mlflow_uri, "reptest"), check_like=True)
+    remote = build_report(suite, mlflow_uri, tmp_path / "out")
+    assert remote.status == report.status and remote.claims == report.claims
+    for name in ("comparison", "claims", "cost"):
+        assert remote.tables[name] == report.tables[name], name
+    assert remote.logged_to and not remote.warnings
 
 
 # -- files, self-containment, MLflow artifact, cost ------------------------------------------

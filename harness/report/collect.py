@@ -1,13 +1,17 @@
 """Everything the report reads, read from MLflow: the only report module that imports MLflow.
 
-Runs come back as one pandas DataFrame from ``mlflow.search_runs`` (columns ``run_id``, ``status``,
-``start_time``, ``metrics.<key>``, ``params.<key>``, ``tags.<key>``); curves come from metric
+Runs come back as one pandas DataFrame laid out as ``mlflow.search_runs`` lays it out (columns
+``run_id``, ``status``, ``start_time``, ``metrics.<key>``, ``params.<key>``, ``tags.<key>``), built
+from ``MlflowClient.search_runs`` pages with Python's cyclic garbage collector paused: a 10,000-run
+suite is ~800,000 param, tag and metric objects, and the collector's repeated full passes over them
+took about as long as loading them (measured in benchmarks/report_scale.py). Curves come from metric
 histories, fetched only for the runs and keys a figure or claim needs, because one history call per
 run and key is what makes a 10,000-run report slow. Nothing here reads checkpoints or worker files.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
@@ -23,23 +27,13 @@ from harness.tracking import KIND, SUITE, check_reachable, resolve_tracking_uri
 
 HISTORY_THREADS = 8
 """History calls are independent round trips: threads overlap them on an HTTP tracking server."""
+PAGE = 10_000
+"""Runs per search call (what ``mlflow.search_runs`` uses; servers accept up to 50,000)."""
+INFO = ("run_id", "experiment_id", "status", "artifact_uri", "start_time", "end_time")
 
 
 class ReportError(HarnessError):
     """The report cannot be built (no such experiment, unreachable store)."""
-
-
-@contextmanager
-def _tracking(uri: str) -> Iterator[None]:
-    """Point the fluent ``mlflow`` API at ``uri`` and restore the caller's setting afterwards."""
-    import mlflow
-
-    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before)  # None unsets it (and $MLFLOW_TRACKING_URI, as before)
 
 
 @contextmanager
@@ -55,6 +49,19 @@ def _quiet_downloads() -> Iterator[None]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = before
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while many long-lived objects are made (runs hold no
+    cycles worth collecting), restoring the caller's setting afterwards."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _client(uri: str):
@@ -82,18 +89,37 @@ class Store:
         self.experiment_id = exp.experiment_id
 
     def runs(self, suite: str) -> pd.DataFrame:
-        """Every run of the suite (trials and invocations), newest first; MLflow pages the search
-        (10,000 runs a page) and builds the DataFrame."""
-        import mlflow
-
-        with _tracking(self.uri):
-            df = mlflow.search_runs([self.experiment_id],
-                                    filter_string=f"tags.`{SUITE}` = '{suite}'",
-                                    max_results=10**7, order_by=["attributes.start_time DESC"],
-                                    output_format="pandas")
-        for column in ("run_id", "status", "start_time", "end_time", f"tags.{KIND}"):
-            if column not in df:
-                df[column] = pd.Series(dtype=object)
+        """Every run of the suite (trials and invocations), newest first; missing metrics are NaN,
+        missing params and tags None, as in ``mlflow.search_runs``."""
+        client = _client(self.uri)
+        info: dict[str, list] = {k: [] for k in INFO}
+        data: dict[str, list[dict]] = {"metrics": [], "params": [], "tags": []}
+        token = None
+        with _collector_paused():
+            while True:
+                page = client.search_runs([self.experiment_id],
+                                          filter_string=f"tags.`{SUITE}` = '{suite}'",
+                                          max_results=PAGE, order_by=["attributes.start_time DESC"],
+                                          page_token=token)
+                for run in page:
+                    for k in INFO:
+                        info[k].append(getattr(run.info, k))
+                    data["metrics"].append(run.data.metrics)
+                    data["params"].append(run.data.params)
+                    data["tags"].append(run.data.tags)
+                token = page.token
+                if not token:
+                    break
+            columns: dict[str, object] = dict(info)
+            for k in ("start_time", "end_time"):
+                columns[k] = pd.to_datetime(pd.Series(info[k], dtype="float64"), unit="ms", utc=True)
+            for prefix, dicts in data.items():
+                missing = float("nan") if prefix == "metrics" else None
+                for key in dict.fromkeys(k for d in dicts for k in d):
+                    columns[f"{prefix}.{key}"] = [d.get(key, missing) for d in dicts]
+            df = pd.DataFrame(columns)
+        if f"tags.{KIND}" not in df:
+            df[f"tags.{KIND}"] = pd.Series(dtype=object)
         return df
 
     def histories(self, run_ids: Iterable[str], keys: Iterable[str]) -> pd.DataFrame:

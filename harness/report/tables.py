@@ -53,7 +53,7 @@ def dataset_metrics(frame: pd.DataFrame, dataset: str) -> DatasetMetrics:
     return DatasetMetrics(nll, quality)
 
 
-def _why(row: pd.Series, metric: str) -> str:
+def _why(row: dict, metric: str) -> str:
     """Why a trial adds nothing to a cell of ``metric``."""
     state = row["state"]
     if state == "finished":
@@ -80,7 +80,7 @@ def seed_list(seeds: list[int]) -> str:
 def seed_notes(plan: Plan, rows: pd.DataFrame, metric: str) -> list[str]:
     """One footnote per distinct reason among a cell's trials that add nothing to it."""
     groups: dict[str, list[int]] = {}
-    for _, row in rows.iterrows():
+    for row in rows.to_dict("records"):  # iterrows builds a Series per row: 10x slower
         groups.setdefault(_why(row, metric), []).append(int(row["seed"]))
     if not groups:
         return []
