@@ -37,7 +37,7 @@ MAX_SEEDS = 1000
 MAX_BYTES = 1 << 20
 """Suites are small; a bigger file is the wrong file."""
 DEFAULT_CHECKPOINTS = "~/.cache/fmbench/checkpoints"
-NOT_SCIENCE = {"train": ("checkpoint_every", "log_every", "eval_every"), "eval": ()}
+NOT_SCIENCE = {"train": ("checkpoint_every", "log_every", "eval_every", *TrainConfig.SPEED_ONLY), "eval": ()}
 """Settings left out of the trial key because they cannot change any number a trial produces.
 Evaluation ``batch_size`` stays in: dopri5 controls its step size with one error norm over the
 whole batch, so the batching changes the NFE (and samples) an evaluation reports."""

@@ -8,12 +8,13 @@ run that was never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
@@ -51,7 +52,21 @@ class TrainConfig:
     eval_every: steps between evaluations of the EMA weights during training (0: none); the
         evaluation itself is the caller's ``on_eval`` hook.
     precision: "fp32", or "bf16" for autocast of the forward pass (weights stay fp32).
+
+    Speed-only settings (``SPEED_ONLY``): they change how fast a step runs, and results only at the
+    level of float rounding, so they are left out of the trial key and the resume check (toggling
+    one neither reruns finished trials nor refuses a checkpoint).
+    compile: train through ``torch.compile(net)`` (inductor; fuses the small ops of a step, and on
+        CPU needs a C compiler). Checkpoints and results hold the plain module.
+    channels_last: channels-last memory format for image models and batches (faster convolutions on
+        tensor cores); a no-op for vector data, which has no channel dimension.
+    pin_memory: copy each batch through pinned host memory and move it to CUDA with
+        ``non_blocking``, so the copy overlaps compute; a no-op on CPU (see :func:`pins_batches`).
+    fused_adam: ``AdamW(fused=True)``: one kernel updates every parameter instead of a loop of
+        small ones.
     """
+
+    SPEED_ONLY: ClassVar[tuple[str, ...]] = ("compile", "channels_last", "pin_memory", "fused_adam")
 
     steps: int = 2000
     batch_size: int = 256
@@ -66,6 +81,10 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0
     precision: str = "fp32"
+    compile: bool = False
+    channels_last: bool = False
+    pin_memory: bool = False
+    fused_adam: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every"):
@@ -83,11 +102,16 @@ class TrainConfig:
                               "linear-decay")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"unknown precision {self.precision!r}; valid: fp32, bf16")
+        for name in self.SPEED_ONLY:
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"training {name} must be true or false, got "
+                                  f"{getattr(self, name)!r}")
 
     def resume_key(self) -> dict:
         """Settings a checkpoint must share to be resumed (``steps`` may grow under a constant
-        schedule; how often the run checkpoints, logs or evaluates changes no parameter)."""
-        skip = {"checkpoint_every", "log_every", "eval_every"}
+        schedule; how often the run checkpoints, logs or evaluates changes no parameter, and the
+        speed-only settings change them by rounding at most)."""
+        skip = {"checkpoint_every", "log_every", "eval_every", *self.SPEED_ONLY}
         if self.lr_schedule == "constant":
             skip.add("steps")
         return {k: v for k, v in asdict(self).items() if k not in skip}
@@ -114,12 +138,36 @@ class TrainResult:
     resumed_from: int = 0
 
 
-def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
-    ema_p = [p for p in ema.parameters()]
-    net_p = [p.detach() for p in net.parameters()]
+def pins_batches(device: torch.device, pin_memory: bool) -> bool:
+    """Whether batches go through pinned host memory: only when asked and bound for CUDA (pinning
+    helps host-to-GPU copies only; on CPU it would be a wasted copy)."""
+    return pin_memory and device.type == "cuda"
+
+
+def _ema_update(ema_p: list[torch.Tensor], net_p: list[torch.Tensor],
+                ema_b: list[torch.Tensor], net_b: list[torch.Tensor], decay: float) -> None:
     torch._foreach_lerp_(ema_p, net_p, 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), net.buffers()):
+    for b_ema, b in zip(ema_b, net_b):
         b_ema.copy_(b)
+
+
+def _choose_adam_kernel(opt: torch.optim.Optimizer, fused: bool) -> None:
+    """AdamW's implementation, which changes speed only: ``fused`` (one kernel), else ``foreach``
+    (bitwise equal to torch's per-tensor loop, which it picks by default on CPU, and ~10% faster
+    there). Steps counters move to where that implementation wants them (fused: the parameter's
+    device), so a checkpoint written with the other choice resumes."""
+    for group in opt.param_groups:
+        group["fused"], group["foreach"] = (True, None) if fused else (None, True)
+    for param, state in opt.state.items():
+        if "step" in state:
+            state["step"] = state["step"].to(param.device if fused else "cpu", torch.float32)
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast, or nothing (a disabled autocast still costs a few microseconds per step)."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
@@ -130,7 +178,11 @@ def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
     holds a checkpoint. ``stop_after`` ends the call early at that step (after checkpointing),
     as an interruption would."""
     device = torch.device(device)
-    net = net.to(device)
+    # A compiled module's state dict prefixes every key with "_orig_mod."; keep the plain one so
+    # checkpoints load into an uncompiled network (resume, evaluation) whatever cfg.compile says.
+    net = getattr(net, "_orig_mod", net).to(device)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)  # converts 4-D weights only
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
@@ -154,6 +206,7 @@ def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
             raise CheckpointError(f"checkpoint {ckpt_path} does not match this model ({exc})"[:300])
         step, losses = int(state["step"]), [tuple(x) for x in state["losses"]]
     resumed_from = step
+    _choose_adam_kernel(opt, cfg.fused_adam)  # after loading: a checkpoint's groups carry their own
 
     def checkpoint() -> None:
         if ckpt_path is None:
@@ -164,25 +217,35 @@ def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
             "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
             "losses": [list(x) for x in losses], "train_config": cfg.resume_key()})
 
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                              enabled=cfg.precision == "bf16")
+    # Parameter and buffer lists are built once: walking the module tree every step costs ~6% of
+    # a small MLP's step on CPU (profiled with cProfile, benchmarks/train_overhead.py).
+    params, ema_params = list(net.parameters()), list(ema.parameters())
+    net_params = [p.detach() for p in params]
+    buffers, ema_buffers = list(net.buffers()), list(ema.buffers())
+    forward = torch.compile(net) if cfg.compile else net
+    pin = pins_batches(device, cfg.pin_memory)
+    image_layout = torch.channels_last if cfg.channels_last and len(dataset.shape) == 3 else None
     net.train()
     started = time.perf_counter()
     window = torch.zeros((), device=device)
     while step < cfg.steps:
         idx = torch.randint(len(dataset.train), (cfg.batch_size,), generator=gen)
-        x1 = dataset.to_model_space(dataset.train[idx], gen).to(device, non_blocking=True)
-        with autocast:
-            loss = method.loss(net, x1, gen)
+        x1 = dataset.to_model_space(dataset.train[idx], gen)
+        x1 = x1.pin_memory().to(device, non_blocking=True) if pin else x1.to(device)
+        if image_layout is not None:
+            x1 = x1.contiguous(memory_format=image_layout)
+        with _autocast(device, cfg.precision):
+            loss = method.loss(forward, x1, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
         step += 1
         with torch.no_grad():
-            _ema_update(ema, net, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            _ema_update(ema_params, net_params, ema_buffers, buffers,
+                        min(cfg.ema_decay, (1 + step) / (10 + step)))
         window = window + loss.detach().float()
         if step % cfg.log_every == 0 or step == cfg.steps:
             # One host sync per log interval keeps the GPU queue full between them.
