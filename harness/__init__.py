@@ -8,4 +8,8 @@ __version__ = "0.1.0"
 
 # Bumped whenever a change alters numbers a trial produces (losses, samples, metrics), so trial keys
 # of later issues (hash of resolved config + science version) never match results of older science.
-SCIENCE_VERSION = "1"
+SCIENCE_VERSION = "2"
+# 2: evaluation noise, Hutchinson probes and dequantization are drawn per chunk of batch_size from
+#    a seed derived from (eval seed, part, chunk) (harness.shards), so sharded and single-task
+#    evaluations agree exactly; mean NFEs weight each batch solve by its examples; NLL standard
+#    errors are over examples (each averaged over its dequantization draws).

@@ -1,14 +1,14 @@
 """Evaluation of a trained network: NFE, NLL (nats or bits/dim), sample quality, numerical error.
 
 Everything goes through the method's probability-flow velocity (DESIGN.md §3), so every method is
-measured by the same solvers. Noise, probes and dequantization come from generators seeded by
-``EvalConfig.seed``: the same seed gives every method the same prior noise.
+measured by the same solvers. Each part of the evaluation is a sequence of chunks of ``batch_size``
+examples whose noise, probes and dequantization come from a seed derived from ``EvalConfig.seed``
+and the chunk index (:mod:`harness.shards`): the same seed gives every method the same prior noise,
+and the work can be split into shards (separate tasks) that combine into the same metrics.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -16,9 +16,7 @@ from torch import Tensor, nn
 
 from harness.datasets import Dataset
 from harness.errors import ConfigError
-from harness.likelihood import bits_per_dim, log_likelihood
 from harness.methods import Method
-from harness.metrics import mmd2, wasserstein2
 from harness.solvers import SOLVERS, NFECounter, solve
 
 
@@ -35,7 +33,11 @@ class EvalConfig:
         budgets below one step of a solver are skipped).
     error_samples: noise draws for the numerical-error curve.
     reference_tol: dopri5 tolerance of the float64 reference solution for numerical error.
-    batch_size: examples per solve; adaptive NFE is the mean over these batch solves.
+    batch_size: examples per solve and per seeded chunk; adaptive NFE is the mean over batch
+        solves weighted by their examples (dopri5 picks one step sequence per batch).
+    shard_size: examples per shard when the evaluation is split into separate tasks, a multiple of
+        ``batch_size`` so shards are made of the same batches (0: one shard per part). It never
+        changes a number, only how the work is divided.
     fid_samples: generated samples for FID of image data (0: no FID; the paper uses 50,000).
     fid_ref_samples: reference samples (0: the whole split); fid_split: "train" (the paper's) or
         "test"; fid_mode: clean-fid mode ("clean", "legacy_tensorflow", "legacy_pytorch");
@@ -45,7 +47,7 @@ class EvalConfig:
     trajectory_samples, trajectory_times: sample paths saved for figures (the paper's Figure 6):
         states at these fractions of [0, t_max], from noise seeded by ``trajectory_seed``, which
         stays fixed across trials so every method of a suite starts from the same noise.
-    seed: seeds prior noise, Hutchinson probes and dequantization.
+    seed: seeds prior noise, Hutchinson probes and dequantization (per chunk, harness.shards).
     """
 
     tol: float = 1e-5
@@ -58,6 +60,7 @@ class EvalConfig:
     error_samples: int = 256
     reference_tol: float = 1e-7
     batch_size: int = 1000
+    shard_size: int = 0
     fid_samples: int = 0
     fid_ref_samples: int = 0
     fid_split: str = "train"
@@ -76,6 +79,9 @@ class EvalConfig:
         for name in ("samples", "nll_samples", "dequant_draws", "error_samples", "batch_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"evaluation {name} must be > 0, got {getattr(self, name)}")
+        if self.shard_size < 0 or self.shard_size % self.batch_size:
+            raise ConfigError(f"evaluation shard_size must be 0 (one shard) or a positive multiple "
+                              f"of batch_size={self.batch_size}, got {self.shard_size}")
         for s in self.solvers:
             if SOLVERS.get(s).adaptive:
                 raise ConfigError(f"solver {s!r} is adaptive; list fixed-step solvers only")
@@ -145,11 +151,6 @@ class EvalResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _chunks(n: int, size: int):
-    for start in range(0, n, size):
-        yield start, min(size, n - start)
-
-
 @torch.no_grad()
 def sample(method: Method, net: nn.Module, noise: Tensor, solver: str = "dopri5", *,
            tol: float = 1e-5, nfe: int | None = None, times=None):
@@ -164,106 +165,44 @@ def _noise(method: Method, n: int, shape, seed: int, device) -> Tensor:
     return method.sample_prior(n, shape, torch.Generator().manual_seed(seed), device)
 
 
+def _parts(method, net, dataset, cfg, device, *parts: str):
+    from harness.shards import evaluate_parts
+
+    return evaluate_parts(method, net, dataset, cfg, device, parts)
+
+
 def evaluate_sampling(method, net, dataset, cfg, device) -> tuple[dict[str, float], Tensor]:
-    """dopri5 samples at ``cfg.tol``: mean NFE per batch solve, and W2/MMD for vector data."""
-    noise = _noise(method, cfg.samples, dataset.shape, cfg.seed, device)
-    outs, counts = [], []
-    for start, n in _chunks(cfg.samples, cfg.batch_size):
-        sol, count = sample(method, net, noise[start:start + n], tol=cfg.tol)
-        outs.append(sol.x.cpu())
-        counts.append(count)
-    samples = torch.cat(outs)
-    metrics = {"nfe": sum(counts) / len(counts)}
-    if not dataset.is_image:
-        reference = dataset.test[: cfg.samples]
-        metrics["w2"] = wasserstein2(samples, reference)
-        metrics["mmd"] = mmd2(samples, reference)
-    return metrics, samples
-
-
-def evaluate_fid(method, net, dataset, cfg, device, num_gen: int, solver: str = "dopri5",
-                 nfe: int | None = None) -> tuple[str, float, float]:
-    """FID of ``num_gen`` samples drawn with ``solver``: (metric name, value, mean NFE per batch).
-
-    Noise comes from a generator seeded by the trial seed, so reruns see the same samples.
-    Raises harness.fid.FIDUnavailable when the feature extractor's weights are missing.
-    """
-    from harness.fid import fid_from_sampler
-
-    gen = torch.Generator().manual_seed(cfg.seed + 3)
-    counts: list[int] = []
-
-    def sample_fn(n: int) -> Tensor:
-        noise = method.sample_prior(n, dataset.shape, gen, device)
-        sol, count = sample(method, net, noise, solver, tol=cfg.tol, nfe=nfe)
-        counts.append(count)
-        return sol.x
-
-    result = fid_from_sampler(sample_fn, dataset, cfg.fid_config(num_gen), device)
-    return result.metric, result.fid, sum(counts) / max(len(counts), 1)
-
-
-def evaluate_fid_curve(method, net, dataset, cfg, device) -> list[FIDPoint]:
-    """FID against NFE: every fixed-step solver at every budget, and dopri5 at ``tol``."""
-    points = []
-    for solver in cfg.solvers:
-        for budget in cfg.nfe_budgets:
-            if budget >= SOLVERS.get(solver).stages:
-                _, fid, count = evaluate_fid(method, net, dataset, cfg, device,
-                                             cfg.fid_nfe_samples, solver, budget)
-                points.append(FIDPoint(solver, count, fid))
-    _, fid, count = evaluate_fid(method, net, dataset, cfg, device, cfg.fid_nfe_samples)
-    points.append(FIDPoint("dopri5", count, fid))
-    return points
-
-
-def evaluate_during_training(method, net, dataset, cfg, device) -> dict[str, float]:
-    """The cheap part of evaluation, for curves against training step (the paper's Figure 5):
-    dopri5 NFE, W2/MMD for vector data, FID for images when ``fid_samples`` is set."""
-    if dataset.is_image and cfg.fid_samples:
-        name, fid, nfe = evaluate_fid(method, net, dataset, cfg, device, cfg.fid_samples)
-        return {name: fid, "nfe": nfe}
-    metrics, _ = evaluate_sampling(method, net, dataset, cfg, device)
-    return metrics
+    """dopri5 samples at ``cfg.tol``: NFE per batch solve (and its SE), W2/MMD for vector data;
+    returns (metrics, samples) with every sample of vector data, the first 64 of images."""
+    result, _ = _parts(method, net, dataset, cfg, device, "sampling")
+    return result.metrics, result.samples
 
 
 def evaluate_likelihood(method, net, dataset, cfg, device) -> dict[str, float]:
-    """NLL of held-out data: nats per example (continuous) or bits/dim averaged over K draws."""
-    test = dataset.test[: cfg.nll_samples]
-    draws = cfg.dequant_draws if dataset.is_discrete else 1
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    values, nfes = [], []
-    for _ in range(draws):
-        for start, n in _chunks(len(test), cfg.batch_size):
-            x = dataset.to_model_space(test[start:start + n], gen).to(device)
-            res = log_likelihood(method, net, x, divergence=cfg.divergence, atol=cfg.tol,
-                                 rtol=cfg.tol, generator=gen)
-            lp = res.log_prob.double().cpu()
-            values.append(bits_per_dim(lp, dataset.dim, dataset.levels) if dataset.is_discrete
-                          else -lp)
-            nfes.append(res.nfe)
-    allv = torch.cat(values)
-    name = "bpd" if dataset.is_discrete else "nll"
-    return {name: float(allv.mean()), f"{name}_se": float(allv.std() / math.sqrt(len(allv))),
-            "nll_nfe": sum(nfes) / len(nfes)}
+    """NLL of held-out data: nats per example (continuous) or bits/dim averaged over K draws,
+    with its standard error over examples, and the NFE of the likelihood solves."""
+    return _parts(method, net, dataset, cfg, device, "likelihood")[0].metrics
 
 
 def evaluate_numerical_error(method, net, dataset, cfg, device) -> list[ErrorPoint]:
     """Per-dimension MSE of fixed-step solutions against a float64 dopri5 solution at
     ``reference_tol`` from the same noise (the paper's Figure 7, left)."""
-    noise = _noise(method, cfg.error_samples, dataset.shape, cfg.seed + 2, device)
-    ref_net = copy.deepcopy(net).double()
-    reference, _ = sample(method, ref_net, noise.double(), tol=cfg.reference_tol)
-    points = []
-    for solver in cfg.solvers:
-        stages = SOLVERS.get(solver).stages
-        for budget in cfg.nfe_budgets:
-            if budget < stages:
-                continue
-            sol, count = sample(method, net, noise, solver, nfe=budget)
-            err = (sol.x.double() - reference.x).pow(2).mean().item()
-            points.append(ErrorPoint(solver, count, err))
-    return points
+    return _parts(method, net, dataset, cfg, device, "error")[0].error_curve
+
+
+def evaluate_during_training(method, net, dataset, cfg, device) -> dict[str, float]:
+    """The cheap part of evaluation, for curves against training step (the paper's Figure 5):
+    dopri5 NFE, W2/MMD for vector data, FID for images when ``fid_samples`` is set (its samples
+    give the NFE). Raises harness.fid.FIDUnavailable when the feature extractor is missing."""
+    if not (dataset.is_image and cfg.fid_samples):
+        return evaluate_sampling(method, net, dataset, cfg, device)[0]
+    from harness.fid import FIDUnavailable
+    from harness.shards import mean_nfe
+
+    result, shards = _parts(method, net, dataset, cfg, device, "fid")
+    if result.warnings:
+        raise FIDUnavailable(result.warnings[0])
+    return {**result.metrics, "nfe": mean_nfe(shards)[0]}
 
 
 def evaluate_trajectories(method, net, dataset, cfg, device) -> Trajectories | None:
@@ -280,23 +219,7 @@ def evaluate_trajectories(method, net, dataset, cfg, device) -> Trajectories | N
 
 def evaluate(method: Method, net: nn.Module, dataset: Dataset, cfg: EvalConfig,
              device: torch.device | str = "cpu") -> EvalResult:
-    """All evaluations of one trained network (pass the EMA weights)."""
-    net = net.to(device).eval()
-    metrics, samples = evaluate_sampling(method, net, dataset, cfg, device)
-    metrics.update(evaluate_likelihood(method, net, dataset, cfg, device))
-    curve = evaluate_numerical_error(method, net, dataset, cfg, device)
-    paths = evaluate_trajectories(method, net, dataset, cfg, device)
-    fid_curve, warnings = [], []
-    if dataset.is_image and (cfg.fid_samples or cfg.fid_nfe_samples):
-        from harness.fid import FIDUnavailable
-
-        try:  # a missing feature extractor must not cost the trial its other metrics
-            if cfg.fid_samples:
-                name, fid, _ = evaluate_fid(method, net, dataset, cfg, device, cfg.fid_samples)
-                metrics[name] = fid
-            if cfg.fid_nfe_samples:
-                fid_curve = evaluate_fid_curve(method, net, dataset, cfg, device)
-        except FIDUnavailable as exc:
-            warnings.append(str(exc))
-    return EvalResult(metrics=metrics, error_curve=curve, samples=samples, trajectories=paths,
-                      fid_curve=fid_curve, warnings=warnings)
+    """All evaluations of one trained network (pass the EMA weights), in this process: every shard
+    of :func:`harness.shards.plan_shards`, combined. A missing FID feature extractor costs only the
+    FID metrics (a warning), never the others."""
+    return _parts(method, net, dataset, cfg, device)[0]

@@ -347,9 +347,18 @@ def fid_from_sampler(sample_fn: Callable[[int], Tensor], dataset: Dataset, cfg: 
                              f"expected (n, *{dataset.shape})")
         return to_uint8(x, levels)
 
-    feats = _stream_features(next_batch, cfg.num_gen, cfg, extractor, device)
+    return fid_from_features(_stream_features(next_batch, cfg.num_gen, cfg, extractor, device),
+                             ref, cfg)
+
+
+def fid_from_features(feats: np.ndarray, ref: ReferenceStats, cfg: FIDConfig) -> FIDResult:
+    """FID of generated-image features (N, F) against reference statistics: the Fréchet distance
+    of their Gaussian fits. Sharded evaluation concatenates its shards' features and calls this,
+    so its FID is the single-task one (a mean of per-shard FIDs would not be)."""
+    if feats.ndim != 2 or len(feats) < 2 or feats.shape[1] != len(ref.mu):
+        raise ValueError(f"expected features (N >= 2, {len(ref.mu)}), got {feats.shape}")
     mu, sigma = _gaussian(feats)
     from cleanfid.fid import frechet_distance
 
     value = float(frechet_distance(mu, sigma, ref.mu, ref.sigma))
-    return FIDResult(value, cfg.num_gen, ref.num_ref, cfg.mode, cfg.features, int(mu.shape[0]))
+    return FIDResult(value, len(feats), ref.num_ref, cfg.mode, cfg.features, int(mu.shape[0]))

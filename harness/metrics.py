@@ -1,7 +1,9 @@
 """Metrics with the metadata reports need, and the sample-quality distances for low-dim data.
 
 Every metric a trial logs is registered here with its display name, unit and direction, the way
-evaluation harnesses register ``higher_is_better`` with each metric, so reports never guess. A metric ``<name>_se`` holds the standard error of ``<name>``.
+evaluation harnesses register ``higher_is_better`` with each metric, so reports never guess. A
+metric ``<name>_se`` holds the standard error of ``<name>``
+(:func:`harness.shards.weighted_mean_se`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ _metric("nll", "NLL", "nats", "negative log-likelihood of held-out continuous da
 _metric("bpd", "NLL", "bits/dim", "negative log-likelihood of held-out discrete data (dequantized)")
 _metric("nfe", "NFE", "evaluations", "network evaluations to sample with dopri5 at the tolerance")
 _metric("nll_nfe", "NFE (NLL)", "evaluations", "network evaluations of the likelihood solve")
+# Standard errors (<name>_se, same unit as <name>): NLL over held-out examples; NFE over batch
+# solves, the independent unit (all samples of a batch share dopri5's step sequence).
+_metric("nll_se", "NLL s.e.", "nats", "standard error of nll over held-out examples")
+_metric("bpd_se", "NLL s.e.", "bits/dim", "standard error of bpd over held-out images "
+        "(each averaged over its dequantization draws)")
+_metric("nfe_se", "NFE s.e.", "evaluations", "standard error of nfe over batch solves")
+_metric("nll_nfe_se", "NFE (NLL) s.e.", "evaluations",
+        "standard error of nll_nfe over likelihood solves")
 _metric("w2", "W2", "data units", "exact 2-Wasserstein distance of samples to held-out data (POT)")
 _metric("mmd", "MMD²", "", "squared MMD, RBF kernel at the median held-out distance (unbiased)")
 _metric("numerical_error", "Numerical error", "MSE per dim",
