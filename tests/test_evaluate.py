@@ -124,3 +124,26 @@ def test_missing_inception_keeps_other_metrics(tmp_path, monkeypatch):
     result = evaluate(prep.method, net, prep.dataset, cfg, "cpu")
     assert "fid" not in result.metrics and {"nfe", "bpd"} <= set(result.metrics)
     assert result.warnings == ["FID unavailable: Inception weights missing at /tmp/x"]
+
+
+def test_fid_during_training_reports_the_nfe_of_its_samples(tmp_path, monkeypatch):
+    import harness.fid
+    from harness.evaluate import evaluate_during_training
+    from harness.shards import evaluate_parts, mean_nfe
+
+    monkeypatch.setenv("FMBENCH_CACHE", str(tmp_path))
+    prep, net = _tiny_digits_trial()
+    cfg = EvalConfig(tol=1e-3, batch_size=8, fid_samples=16, fid_ref_samples=100,
+                     fid_features="classifier")
+    metrics = evaluate_during_training(prep.method, net, prep.dataset, cfg, "cpu")
+    full, shards = evaluate_parts(prep.method, net, prep.dataset, cfg, "cpu", ["fid"])
+    assert metrics == {"fid_classifier": full.metrics["fid_classifier"],
+                       "nfe": mean_nfe(shards)[0]}
+    assert metrics["nfe"] == sum(shards[0].nfe) / 2  # two equal batches
+
+    def unavailable(cfg, device, dataset=None):
+        raise harness.fid.FIDUnavailable("FID unavailable: weights missing")
+
+    monkeypatch.setattr(harness.fid, "build_extractor", unavailable)
+    with pytest.raises(harness.fid.FIDUnavailable):  # as before: the train task records it
+        evaluate_during_training(prep.method, net, prep.dataset, cfg, "cpu")
