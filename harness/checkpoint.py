@@ -7,41 +7,70 @@ clear :class:`~harness.errors.CheckpointError` instead of a pickle traceback.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
 from harness.errors import CheckpointError
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` (tensors, numbers, strings, lists, dicts) to ``path`` atomically."""
+def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Write through ``write`` into a temporary file beside ``path``, fsync, then rename it over
+    ``path``: readers see the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+        os.replace(tmp, path)  # atomic on POSIX
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
 
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` (tensors, numbers, strings, lists, dicts) to ``path`` atomically."""
+    return _atomic_write(path, lambda f: torch.save(state, f))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Replace a small text file (a config, a result) atomically."""
+    return _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`; refuses anything but plain data."""
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    size = path.stat().st_size
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is damaged
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated (not a PyTorch zip "
+                              f"archive, {size} bytes)")
+    try:  # torch does not check the archive's CRCs: damaged tensor bytes would load silently
+        damaged = zipfile.ZipFile(path).testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        damaged = str(exc) or type(exc).__name__
+    if damaged is not None:
+        raise CheckpointError(f"checkpoint {path} is corrupt (damaged member {damaged})")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} does not exist") from None
-    except Exception as exc:  # truncated zip, bad pickle, disallowed global...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except pickle.UnpicklingError as exc:  # weights_only refused a global: code, not data
+        refused = next((line.strip() for line in str(exc).splitlines()
+                        if "GLOBAL" in line or "global" in line.split("weights_only")[0]),
+                       "objects other than tensors and plain data")
+        raise CheckpointError(f"checkpoint {path} was refused, it could run code ({refused[:160]}); "
+                              "only tensors and plain data are loaded") from None
+    except Exception as exc:  # damaged archive members, bad CRC, ...
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({reason[:160]})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} does not hold a state dictionary")

@@ -257,8 +257,10 @@ def _fmt_metric(value) -> str:
 def cmd_run(args) -> int:
     from harness.scheduler import run_suite
     from harness.suite import load_suite
+    from harness.tracking import check_reachable, resolve_tracking_uri
 
     suite = load_suite(args.suite)
+    check_reachable(resolve_tracking_uri(args.tracking_uri or suite.tracking_uri))
     print(f"suite {suite.name}: {len(suite.trials())} trials", file=sys.stderr)
     summary = run_suite(suite, address=args.address, tracking_uri=args.tracking_uri,
                         storage=args.storage, force=args.force)

@@ -19,7 +19,7 @@ from harness.datasets import DATASETS, Dataset, load_dataset
 from harness.evaluate import EvalConfig, EvalResult, evaluate
 from harness.methods import METHODS, build_method, default_method_options
 from harness.models import MODELS, build_model, default_model_for
-from harness.checkpoint import load_checkpoint
+from harness.checkpoint import load_checkpoint, write_text_atomic
 from harness.errors import CheckpointError
 from harness.methods import Method
 from harness.train import CHECKPOINT_NAME, EvalHook, Progress, TrainConfig, TrainResult, train
@@ -130,9 +130,12 @@ def train_trial(prep: PreparedTrial, out_dir: str | Path, *, device: torch.devic
                 progress: Progress | None = None, on_eval: EvalHook | None = None) -> TrainResult:
     """Write the resolved config, then train (resuming from ``out_dir``'s checkpoint if any)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({**prep.config, "device": str(device)}, indent=2,
-                                                default=str))
+    config = out / "config.json"
+    if not (out / CHECKPOINT_NAME).exists() or not config.exists():
+        # A resumed run keeps the config it started with: a mismatched rerun fails on the
+        # checkpoint without overwriting what describes the finished work.
+        write_text_atomic(config, json.dumps({**prep.config, "device": str(device)}, indent=2,
+                                             default=str))
     return train(prep.method, prep.dataset, prep.new_network(), prep.spec.train, device=device,
                  checkpoint_dir=out, progress=progress, on_eval=on_eval)
 
@@ -171,5 +174,5 @@ def run_trial(spec: TrialSpec, out_dir: str | Path, *, device: torch.device | st
         metrics["train_loss"] = trained.losses[-1][1]
     out = Path(out_dir)
     result = TrialResult(prep.config, metrics, evaluation, trained, out)
-    (out / "result.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
+    write_text_atomic(out / "result.json", json.dumps(result.to_json(), indent=2, default=str))
     return result
