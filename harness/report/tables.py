@@ -80,7 +80,7 @@ def seed_list(seeds: list[int]) -> str:
 def seed_notes(plan: Plan, rows: pd.DataFrame, metric: str) -> list[str]:
     """One footnote per distinct reason among a cell's trials that add nothing to it."""
     groups: dict[str, list[int]] = {}
-    for row in rows.to_dict("records"):  # iterrows builds a Series per row: 10x slower
+    for row in rows.to_dict("records"):  # iterrows builds a Series per row: ~3x slower
         groups.setdefault(_why(row, metric), []).append(int(row["seed"]))
     if not groups:
         return []
