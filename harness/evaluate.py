@@ -10,6 +10,7 @@ and the work can be split into shards (separate tasks) that combine into the sam
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -61,6 +62,9 @@ class EvalConfig:
     reference_tol: float = 1e-7
     batch_size: int = 1000
     shard_size: int = 0
+
+    CHECKED_WITH: ClassVar[dict[str, tuple[str, ...]]] = {"shard_size": ("batch_size",)}
+    """Fields whose validity depends on others (a suite error names the first field)."""
     fid_samples: int = 0
     fid_ref_samples: int = 0
     fid_split: str = "train"

@@ -37,8 +37,11 @@ MAX_SEEDS = 1000
 MAX_BYTES = 1 << 20
 """Suites are small; a bigger file is the wrong file."""
 DEFAULT_CHECKPOINTS = "~/.cache/fmbench/checkpoints"
-NOT_SCIENCE = {"train": ("checkpoint_every", "log_every", "eval_every", *TrainConfig.SPEED_ONLY), "eval": ()}
-"""Settings left out of the trial key because they cannot change any number a trial produces.
+NOT_SCIENCE = {"train": ("checkpoint_every", "log_every", "eval_every", *TrainConfig.SPEED_ONLY),
+               "eval": ("shard_size",)}
+"""Settings left out of the trial key: how often a run checkpoints, logs or evaluates, how an
+evaluation is split into shard tasks (bitwise the same numbers on CPU), and speed-only training
+settings (the same numbers up to float rounding), so changing them never reruns finished trials.
 Evaluation ``batch_size`` stays in: dopri5 controls its step size with one error norm over the
 whole batch, so the batching changes the NFE (and samples) an evaluation reports."""
 
@@ -373,11 +376,15 @@ class _Check:
         defaults = cls()
         valid = [f.name for f in fields(cls) if f.name != "seed"]  # the seed comes from `seeds`
         values = {}
-        for k, v in self.mapping(raw, path, valid).items():
-            values[k] = value = self.like(v, getattr(defaults, k), path + (k,))
+        raw = self.mapping(raw, path, valid)
+        for k, v in raw.items():
+            values[k] = self.like(v, getattr(defaults, k), path + (k,))
+        context = getattr(cls, "CHECKED_WITH", {})
+        for k, value in values.items():
             for i, item in enumerate(value if isinstance(value, tuple) else ()):
                 self.build(cls, {k: (item,)}, path + (k, i))
-            self.build(cls, {k: value}, path + (k,), k)
+            with_others = {o: values[o] for o in context.get(k, ()) if o in values}
+            self.build(cls, {**with_others, k: value}, path + (k,), k)
             if k == "divergence":
                 self.build(resolve_divergence, {"divergence": value, "dim": 1}, path + (k,))
         return self.build(cls, values, path)

@@ -84,9 +84,19 @@ def test_key_changes_with_method_option_seed_and_dataset(tmp_path):
     "datasets: [{name: 8gaussians, root: /elsewhere, download: false}]\n",
     "model: {vector: {name: mlp, hidden: 256, depth: 3, activation: silu}}\n",  # defaults spelt out
     "resources: {train: {cpus: 2, gpus: 0.5}}\ntracking: {experiment: other}\n",
+    "evaluation: {shard_size: 3000}\n",
+    "training: {compile: true, fused_adam: true, pin_memory: true, channels_last: true}\n",
 ])
 def test_key_ignores_what_cannot_change_results(tmp_path, extra):
     assert one_key(tmp_path, extra) == one_key(tmp_path, "", "base.yaml")
+
+
+def test_a_field_checked_with_another_sees_the_suite_value(tmp_path):
+    """shard_size must be a multiple of the suite's batch_size, not of the default one."""
+    ok = "evaluation: {batch_size: 500, shard_size: 1500}\n"
+    assert one_key(tmp_path, ok) == one_key(tmp_path, "evaluation: {batch_size: 500}\n", "b.yaml")
+    message = error(write(tmp_path, MINIMAL + "evaluation: {batch_size: 500, shard_size: 1700}\n"))
+    assert ": evaluation.shard_size: " in message and "batch_size=500, got 1700" in message
 
 
 def test_labels_tell_apart_one_method_with_different_options(tmp_path):
