@@ -3,7 +3,7 @@
     python benchmarks/vs_torchcfm.py            # MLP on 8gaussians, 50 steps x 25 repetitions
     python benchmarks/vs_torchcfm.py --tiny     # a few seconds: a smoke check for CI
 
-Needs torchcfm (``pip install -e ".[bench]"``); it is not a dependency of the package.
+Needs torchcfm (``pip install --no-deps -r benchmarks/requirements.txt``); it is not a dependency of the package.
 
 fmbench side: ``harness.train.train`` with method ``fm-ot`` or ``ot-cfm``. torchcfm side: the loop
 of ``train_overhead.bare_loop`` (same MLP, AdamW, warmup, batch, gradient clipping and EMA, so
@@ -53,7 +53,7 @@ def main() -> None:
     try:
         import torchcfm
     except ImportError:
-        sys.exit('vs_torchcfm: torchcfm is not installed; install it with pip install -e ".[bench]"')
+        sys.exit('vs_torchcfm: torchcfm is not installed; install it with pip install --no-deps -r benchmarks/requirements.txt')
     if args.tiny:
         args.steps, args.reps = 10, 3
     torch.set_num_threads(1)  # one core each run: the machine is shared, and BLAS threads add noise

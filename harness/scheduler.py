@@ -98,8 +98,43 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
-def eval_task(spec, checkpoint_dir: str, logger: RunLogger) -> dict[str, float]:
-    """Evaluate a trained trial from its checkpoint; log final metrics, curves and artifacts."""
+def shard_task(spec, checkpoint_dir: str, shard):
+    """One shard of a trial's evaluation (:mod:`harness.shards`), from the trained checkpoint."""
+    from harness.device import resolve_device
+    from harness.shards import evaluate_shard
+    from harness.trial import load_trained, prepare
+
+    device = resolve_device("auto")
+    prep = prepare(spec)
+    net = load_trained(prep, checkpoint_dir, device)
+    return evaluate_shard(prep.method, net, prep.dataset, prep.spec.eval, shard, device)
+
+
+def _evaluate_sharded(prep, checkpoint_dir: str, resources, runtime_env: dict, logger: RunLogger):
+    """Fan the evaluation out as one Ray task per shard (each with the suite's eval resources) and
+    combine their results into the metrics a single task would give."""
+    import ray
+
+    from harness.shards import combine, plan_shards
+
+    plan = plan_shards(prep.spec.eval, prep.dataset)
+    logger.set_tags({"fmbench.eval_shards": len(plan)})
+    remote = ray.remote(shard_task)
+    options = dict(num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=TASK_RETRIES,
+                   retry_exceptions=False, **runtime_env)
+    refs = [remote.options(name=f"shard{s.index}:{s.part}:{prep.spec.name}", **options).remote(
+        prep.spec, checkpoint_dir, s) for s in plan]
+    try:
+        return combine(ray.get(refs), prep.spec.eval, prep.dataset)
+    except BaseException:
+        for ref in refs:  # a failed or cancelled evaluation leaves no shard running
+            ray.cancel(ref, force=True)
+        raise
+
+
+def eval_task(spec, checkpoint_dir: str, logger: RunLogger, shards=None) -> dict[str, float]:
+    """Evaluate a trained trial from its checkpoint; log final metrics, curves and artifacts.
+    ``shards``: None evaluates here; else (resources, runtime_env) of the shard tasks to fan out to."""
     from harness.device import resolve_device
     from harness.evaluate import evaluate
     from harness.figures import image_grid, scatter_figure, trajectory_figure
@@ -107,9 +142,12 @@ def eval_task(spec, checkpoint_dir: str, logger: RunLogger) -> dict[str, float]:
 
     device = resolve_device("auto")
     prep = prepare(spec)
-    net = load_trained(prep, checkpoint_dir, device)
     started = time.perf_counter()
-    result = evaluate(prep.method, net, prep.dataset, prep.spec.eval, device)
+    if shards is None:
+        net = load_trained(prep, checkpoint_dir, device)
+        result = evaluate(prep.method, net, prep.dataset, prep.spec.eval, device)
+    else:
+        result = _evaluate_sharded(prep, checkpoint_dir, *shards, logger)
     metrics = {**result.metrics, "eval_time": time.perf_counter() - started}
     steps = prep.spec.train.steps
     logger.log_metrics({f"final/{k}": v for k, v in metrics.items()}, step=steps)
@@ -321,11 +359,18 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
                              f"more than the cluster has free; Ray will queue it until a node "
                              f"with room joins\n")
             waiting.pop(0)
-            fn = train if phase == "training" else evaluate
             ckpt = str(_checkpoint_dir(storage, suite.name, t.key))
-            ref = fn.options(num_cpus=res.cpus, num_gpus=res.gpus, name=f"{phase[:5]}:{t.name}",
-                             max_retries=TASK_RETRIES, retry_exceptions=False,
-                             **runtime_env).remote(t.spec, ckpt, state.logger)
+            options = dict(num_cpus=res.cpus, num_gpus=res.gpus, name=f"{phase[:5]}:{t.name}",
+                           max_retries=TASK_RETRIES, retry_exceptions=False, **runtime_env)
+            args = [t.spec, ckpt, state.logger]
+            if phase == "training":
+                fn = train
+            else:
+                fn = evaluate
+                if t.spec.eval.shard_size:  # a light coordinator; the shards hold the resources
+                    options.update(num_cpus=0, num_gpus=0)
+                    args.append((res, runtime_env))
+            ref = fn.options(**options).remote(*args)
             inflight[ref] = (phase, state)
             capacity.take(res)
             state.status = phase

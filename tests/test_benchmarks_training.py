@@ -14,6 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TORCHCFM = importlib.util.find_spec("torchcfm") is not None
+# .ci/run installs the peers (benchmarks/requirements.txt): there, a missing torchcfm is a failure.
+SKIP_WITHOUT_TORCHCFM = not HAS_TORCHCFM and not os.environ.get("CI")
 
 
 def run_script(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -27,7 +29,7 @@ def run_script(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("name", [
     "train_overhead", "likelihood",
     pytest.param("vs_torchcfm", marks=pytest.mark.skipif(
-        not HAS_TORCHCFM, reason='torchcfm not installed (pip install -e ".[bench]")')),
+        SKIP_WITHOUT_TORCHCFM, reason='torchcfm not installed (pip install --no-deps -r benchmarks/requirements.txt)')),
 ])
 def test_tiny_run_prints_summary(name):
     proc = run_script(f"benchmarks/{name}.py", "--tiny")
@@ -45,4 +47,11 @@ def test_vs_torchcfm_without_torchcfm_says_how_to_install():
     proc = run_script("-c", code)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        'vs_torchcfm: torchcfm is not installed; install it with pip install -e ".[bench]"']
+        'vs_torchcfm: torchcfm is not installed; install it with pip install --no-deps -r benchmarks/requirements.txt']
+
+
+def test_sharded_evaluation_benchmark_runs_and_agrees():
+    proc = run_script("benchmarks/sharded_eval.py", "--tiny", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = [line for line in proc.stdout.splitlines() if line.startswith("SUMMARY sharded_eval: ")]
+    assert len(summary) == 1 and "NFE equal: True" in summary[0], proc.stdout[-2000:]

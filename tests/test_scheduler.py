@@ -182,3 +182,30 @@ def test_queued_trials_are_scheduled_until_their_task_starts(tmp_path):
     assert tracker.client.get_run(logger.run_id).info.status == "SCHEDULED"
     logger.set_status("RUNNING")
     assert tracker.client.get_run(logger.run_id).info.status == "RUNNING"
+
+
+def test_sharded_evaluation_through_ray_gives_the_single_task_metrics(ray_cluster, tmp_path):
+    """The same checkpoint evaluated by one eval task and by shard tasks fanned out over the
+    cluster: NFE and samples exactly equal, NLL within 1e-6 (issue 8)."""
+    text = TINY.format(name="shards", gpus=0, storage=tmp_path / "ckpt").replace(
+        "tol: 1e-3,", "tol: 1e-3, batch_size: 40,")
+    whole = tmp_path / "whole.yaml"
+    whole.write_text(text)
+    split = tmp_path / "split.yaml"
+    split.write_text(text.replace("batch_size: 40,", "batch_size: 40, shard_size: 40,"))
+    results = {}
+    for path in (whole, split):
+        uri = f"sqlite:///{tmp_path / (path.stem + '.db')}"
+        suite = load_suite(path)
+        assert run_suite(suite, tracking_uri=uri, stream=io.StringIO()).ok
+        results[path.stem] = {r.data.tags[KEY]: r for r in Tracker(uri, "shards").trial_runs().values()}
+    assert results["whole"].keys() == results["split"].keys()  # shard_size is not in the key
+    for key, one in results["whole"].items():
+        many = results["split"][key]
+        assert "fmbench.eval_shards" not in one.data.tags
+        assert int(many.data.tags["fmbench.eval_shards"]) >= 5  # sampling 3, likelihood 2, ...
+        m1, m2 = one.data.metrics, many.data.metrics
+        for name in ("final/nfe", "final/nfe_se", "final/nll_nfe", "final/w2", "final/mmd"):
+            assert m2[name] == m1[name], name
+        assert m2["final/nll"] == pytest.approx(m1["final/nll"], rel=1e-6)
+        assert m2["final/nll_se"] == pytest.approx(m1["final/nll_se"], rel=1e-6)

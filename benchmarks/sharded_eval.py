@@ -1,0 +1,89 @@
+"""Sharded evaluation on a simulated two-node cluster: one eval task against the same evaluation
+fanned out as shard tasks, on the same checkpoint, side by side.
+
+    python benchmarks/sharded_eval.py            # 2000 samples, 1000 NLL points, 3 repetitions
+    python benchmarks/sharded_eval.py --tiny     # a few hundred points, 1 repetition: a CI check
+
+One fm-ot network is trained on 8gaussians in this process; then, on a ``ray.cluster_utils``
+cluster of a 0-CPU head and two 1-CPU nodes (see ``ray_scaling.cluster``), ``scheduler.eval_task``
+runs (a) as one 1-CPU task and (b) as a coordinator whose shards run as 1-CPU tasks, alternately.
+Both log to their own MLflow run. Speed-up = single-task seconds / sharded seconds (2 is the
+ideal on two 1-CPU nodes); the metrics of the two must agree (NFE exactly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.ray_scaling import cluster  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="small evaluation, one repetition")
+    p.add_argument("--reps", type=int, default=3, help="repetitions of each side")
+    args = p.parse_args()
+    import ray
+    import torch
+
+    from harness.evaluate import EvalConfig
+    from harness.scheduler import eval_task
+    from harness.shards import plan_shards
+    from harness.suite import Resources
+    from harness.tracking import Tracker
+    from harness.train import TrainConfig
+    from harness.trial import TrialSpec, prepare, train_trial
+
+    torch.set_num_threads(1)
+    samples, nll, reps = (400, 200, 1) if args.tiny else (2000, 1000, args.reps)
+    batch = samples // 8
+    cfg = EvalConfig(samples=samples, nll_samples=nll, batch_size=batch, shard_size=2 * batch,
+                     error_samples=batch, nfe_budgets=(8, 16), solvers=("euler", "rk4"),
+                     trajectory_samples=0)
+    spec = TrialSpec("fm-ot", "8gaussians", train=TrainConfig(steps=300, batch_size=256), eval=cfg)
+    with tempfile.TemporaryDirectory(prefix="fmbench-shards-") as tmp:
+        folder = Path(tmp)
+        ckpt = str(folder / "ckpt")
+        train_trial(prepare(spec), ckpt)
+        tracker = Tracker(f"sqlite:///{folder / 'mlflow.db'}", "sharded-eval")
+        with cluster(2, folder / "ray"):
+            task = ray.remote(eval_task)
+            sides = {
+                "one task": lambda logger: task.options(num_cpus=1).remote(spec, ckpt, logger),
+                "shards": lambda logger: task.options(num_cpus=0).remote(
+                    spec, ckpt, logger, (Resources(cpus=1, gpus=0), {})),
+            }
+            seconds: dict[str, list[float]] = {k: [] for k in sides}
+            metrics: dict[str, dict[str, float]] = {}
+            ray.get(task.options(num_cpus=1).remote(spec, ckpt, tracker.start_run("warm-up", {})))
+            for _ in range(reps):
+                for name, submit in sides.items():
+                    logger = tracker.start_run(name, {})
+                    started = time.perf_counter()
+                    metrics[name] = ray.get(submit(logger))
+                    seconds[name].append(time.perf_counter() - started)
+    single, split = (statistics.median(seconds[k]) for k in sides)
+    plan = len(plan_shards(cfg, prepare(spec).dataset))
+    print(f"{'side':>9} {'median s':>9} {'runs':>5}   evaluation: {samples} samples, {nll} NLL "
+          f"points, batch {batch}, shard_size {2 * batch} ({plan} shards)")
+    for name in sides:
+        print(f"{name:>9} {statistics.median(seconds[name]):>9.2f} {len(seconds[name]):>5}")
+    same_nfe = metrics["one task"]["nfe"] == metrics["shards"]["nfe"]
+    nll_diff = abs(metrics["one task"]["nll"] - metrics["shards"]["nll"])
+    print(f"SUMMARY sharded_eval: on 2 x 1-CPU nodes speed-up {single / split:.2f}x "
+          f"(ideal 2); NFE equal: {same_nfe}; |NLL difference| {nll_diff:.1e} nats")
+    if not same_nfe:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
