@@ -70,14 +70,27 @@ class Method(ABC):
 
     def loss(self, net: nn.Module, x1: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Scalar training loss on a data batch x1 (batch, *data_shape); noise from ``generator``."""
+        return self.loss_on(net, self.draw(x1, generator))
+
+    def draw(self, x1: Tensor, generator: torch.Generator | None = None) -> PathSample:
+        """The randomness of one training batch: noise x0, times t and (if any) the coupling of
+        x0 to x1, drawn over the whole batch x1 (batch, *data_shape).
+
+        Kept apart from :meth:`loss_on` so data-parallel workers can all draw the same global
+        batch and each compute the loss on its own rows: a minibatch OT plan is then solved over
+        the global batch, exactly as one worker would.
+        """
         n = x1.shape[0]
         # The path's x0 is standard normal noise; sigma_t carries the scale (VE: sigma_0 = s_max).
         x0 = torch.randn(x1.shape, generator=generator).to(x1.device)
         t = self.sample_time(n, generator).to(x1.device)
         if self.coupling is not None:
             x0, x1 = self.coupling(x0, x1)
-        sample = self.path.sample(x0, x1, t)
-        return self.objective(net(sample.x_t, t), sample).mean()
+        return self.path.sample(x0, x1, t)
+
+    def loss_on(self, net: nn.Module, sample: PathSample) -> Tensor:
+        """Mean objective of ``net`` over the rows of a path sample (scalar)."""
+        return self.objective(net(sample.x_t, sample.t), sample).mean()
 
     @abstractmethod
     def objective(self, output: Tensor, sample: PathSample) -> Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -26,6 +26,11 @@ class PathSample:
     t: Tensor
     x_t: Tensor
     dx_t: Tensor
+
+    def rows(self, index: slice) -> PathSample:
+        """The same draw restricted to the rows ``index`` (views, no copy): e.g. one data-parallel
+        worker's contiguous block of a global batch."""
+        return PathSample(*(getattr(self, f.name)[index] for f in fields(self)))
 
 
 def expand_like(t: Tensor, x: Tensor) -> Tensor:

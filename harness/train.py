@@ -4,6 +4,11 @@ All randomness of a run (batch indices, dequantization, noise, times) comes from
 seeded by ``TrainConfig.seed``, whose state is checkpointed with the weights, the optimizer and the
 EMA. Resuming from step k therefore continues the same run: it ends with the same parameters as a
 run that was never stopped.
+
+Data-parallel training (:class:`Parallel`) keeps that property: every rank draws the same global
+batch from the same generator and trains a DDP-wrapped network on its own block of rows; DDP
+averages the gradients, so each update equals the one-process update on the whole batch up to the
+order of float additions.
 """
 
 from __future__ import annotations
@@ -126,6 +131,37 @@ class TrainConfig:
         return 1.0
 
 
+@dataclass(frozen=True)
+class Parallel:
+    """This process's place in data-parallel training: ``rank`` of ``world_size`` processes in an
+    already initialised ``torch.distributed`` process group (Ray Train sets it up; gloo on CPU,
+    NCCL on GPUs). The default is one process and no process group."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ConfigError(f"rank must be in [0, {self.world_size}), got {self.rank}")
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 alone writes checkpoints and reports progress and evaluations."""
+        return self.rank == 0
+
+    def block(self, batch_size: int) -> slice:
+        """This rank's contiguous rows of a global batch of ``batch_size`` examples."""
+        if batch_size % self.world_size:
+            raise ConfigError(f"training batch_size {batch_size} must be divisible by the "
+                              f"{self.world_size} training workers (it is the global batch, "
+                              "split evenly between them)")
+        share = batch_size // self.world_size
+        return slice(self.rank * share, (self.rank + 1) * share)
+
+
+SINGLE = Parallel()
+
+
 @dataclass
 class TrainResult:
     """net: trained weights; ema: EMA weights (evaluate these); losses: (step, mean loss) pairs."""
@@ -170,14 +206,31 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
+def _check_same_step(step: int, device: torch.device, path: Path | None) -> None:
+    """Refuse to train when ranks resumed from different steps (a shared folder that showed some
+    nodes a stale checkpoint): their batches would no longer be parts of one global batch."""
+    seen = torch.tensor([step, -step], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(seen, op=torch.distributed.ReduceOp.MAX)
+    if int(seen[0]) != -int(seen[1]):
+        raise CheckpointError(f"training workers resumed from different steps ({-int(seen[1])} to "
+                              f"{int(seen[0])}) of {path}; every node must see the same folder")
+
+
 def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
           device: torch.device | str = "cpu", checkpoint_dir: str | Path | None = None,
           progress: Progress | None = None, on_eval: EvalHook | None = None,
-          stop_after: int | None = None) -> TrainResult:
+          stop_after: int | None = None, parallel: Parallel = SINGLE) -> TrainResult:
     """Train ``net`` with ``method``'s loss on ``dataset``; resume from ``checkpoint_dir`` if it
     holds a checkpoint. ``stop_after`` ends the call early at that step (after checkpointing),
-    as an interruption would."""
+    as an interruption would.
+
+    With ``parallel.world_size`` > 1 every rank must call this with the same arguments (and see
+    the same ``checkpoint_dir``); only rank 0 writes checkpoints and calls ``progress`` and
+    ``on_eval``, and the losses returned are means over all ranks.
+    """
     device = torch.device(device)
+    distributed = parallel.world_size > 1
+    block = parallel.block(cfg.batch_size) if distributed else None
     # A compiled module's state dict prefixes every key with "_orig_mod."; keep the plain one so
     # checkpoints load into an uncompiled network (resume, evaluation) whatever cfg.compile says.
     net = getattr(net, "_orig_mod", net).to(device)
@@ -205,11 +258,13 @@ def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {ckpt_path} does not match this model ({exc})"[:300])
         step, losses = int(state["step"]), [tuple(x) for x in state["losses"]]
+    if distributed:  # every rank, with or without a checkpoint: this is a collective
+        _check_same_step(step, device, ckpt_path)
     resumed_from = step
     _choose_adam_kernel(opt, cfg.fused_adam)  # after loading: a checkpoint's groups carry their own
 
     def checkpoint() -> None:
-        if ckpt_path is None:
+        if ckpt_path is None or not parallel.main:
             return
         save_checkpoint(ckpt_path, {
             "step": step, "net": net.state_dict(), "ema": ema.state_dict(),
@@ -222,7 +277,13 @@ def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
     params, ema_params = list(net.parameters()), list(ema.parameters())
     net_params = [p.detach() for p in params]
     buffers, ema_buffers = list(net.buffers()), list(ema.buffers())
-    forward = torch.compile(net) if cfg.compile else net
+    forward = net
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Built after loading the checkpoint; DDP broadcasts rank 0's weights to the others.
+        forward = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    forward = torch.compile(forward) if cfg.compile else forward
     pin = pins_batches(device, cfg.pin_memory)
     image_layout = torch.channels_last if cfg.channels_last and len(dataset.shape) == 3 else None
     net.train()
@@ -235,7 +296,10 @@ def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
         if image_layout is not None:
             x1 = x1.contiguous(memory_format=image_layout)
         with _autocast(device, cfg.precision):
-            loss = method.loss(forward, x1, gen)
+            if block is None:
+                loss = method.loss(forward, x1, gen)
+            else:  # the global batch's noise, times and coupling; this rank's rows of it
+                loss = method.loss_on(forward, method.draw(x1, gen).rows(block))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -250,17 +314,21 @@ def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
         if step % cfg.log_every == 0 or step == cfg.steps:
             # One host sync per log interval keeps the GPU queue full between them.
             n = step % cfg.log_every or cfg.log_every
+            if distributed:  # every rank records (and checks) the mean over the global batch
+                torch.distributed.all_reduce(window)
+                window.div_(parallel.world_size)
             mean = float(window) / n
             window.zero_()
             if not math.isfinite(mean):
                 raise DivergenceError(f"training loss became {mean} between steps "
                                       f"{step - n + 1} and {step}; last good checkpoint kept")
             losses.append((step, mean))
-        if progress is not None:
+        if progress is not None and parallel.main:
             progress(step, losses[-1][1] if losses else math.nan)
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
             checkpoint()
-        if on_eval is not None and cfg.eval_every and step % cfg.eval_every == 0:
+        if (on_eval is not None and parallel.main and cfg.eval_every
+                and step % cfg.eval_every == 0):
             ema.eval()
             with torch.random.fork_rng(devices=[]):  # an evaluation never shifts training's RNG
                 on_eval(step, ema)

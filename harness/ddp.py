@@ -1,0 +1,144 @@
+"""Data-parallel training of one trial with Ray Train: PyTorch DDP over ``workers`` processes
+(NCCL on GPUs, gloo on CPUs), on one node or several.
+
+The suite's batch size is the global batch; each worker trains on an equal block of it (see
+:class:`harness.train.Parallel`), so the run reaches the parameters one worker would. Our own
+checkpoint in ``checkpoint_dir`` is what a run resumes from, never Ray Train's: when a worker dies,
+Ray Train restarts the whole worker group and every rank loads that checkpoint. Rank 0 alone
+writes checkpoints and logs to MLflow, exactly as :func:`harness.scheduler.train_task` does for
+one worker.
+
+Ray Train here is V2 (the default in Ray 2.60, ``RAY_TRAIN_V2_ENABLED``): ``fit()`` starts a
+controller actor that owns the worker group, retries every worker-group failure alike (it cannot
+tell a lost worker from an exception) up to ``FailureConfig.max_failures``, and returns the rank-0
+training function's return value as ``Result.return_value``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from harness.errors import ConfigError, DivergenceError, HarnessError
+from harness.tracking import RUNNING, RunLogger
+from harness.train import CHECKPOINT_NAME, Parallel
+
+WORKER_RETRIES = 3
+"""Times Ray Train restarts the worker group after a worker dies or raises; each restart resumes
+from the trial's last checkpoint. A diverged loss, which every rank sees alike, ends the trial at
+once instead (Ray Train V2 would retry it like any other failure)."""
+
+RAY_TRAIN_FOLDER = "ray-train"
+"""Ray Train's own run folder inside the trial's checkpoint folder (which every node reaches)."""
+
+
+def train_distributed(spec, checkpoint_dir: str, logger: RunLogger, *, workers: int,
+                      cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0) -> dict[str, Any]:
+    """Train one trial on ``workers`` DDP workers, each with ``cpus_per_worker`` CPUs and
+    ``gpus_per_worker`` GPUs, resuming from ``checkpoint_dir``. Blocks until training ends; call it
+    from the driver or from a Ray task (which needs no resources of its own). Returns what
+    :func:`harness.scheduler.train_task` returns: ``{"step", "seconds", "resumed_from", "device"}``
+    (seconds and resumed_from of the attempt that finished)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train.torch import TorchTrainer
+
+    if workers < 1:
+        raise ConfigError(f"training workers must be >= 1, got {workers}")
+    Parallel(0, workers).block(spec.train.batch_size)  # fail here, before any worker starts
+    resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"spec": spec, "checkpoint_dir": str(checkpoint_dir), "logger": logger},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=RAY_TRAIN_FOLDER, storage_path=str(Path(checkpoint_dir).resolve()),
+                             failure_config=FailureConfig(max_failures=WORKER_RETRIES)))
+    try:
+        value = trainer.fit().return_value
+    except TrainingFailedError as exc:
+        raise _first_harness_error(exc) or exc
+    if "error" in value:
+        raise value["error"]
+    return value
+
+
+def _first_harness_error(exc: BaseException) -> HarnessError | None:
+    """The user-facing error a worker raised in the last attempt, if any (Ray Train wraps each
+    worker's exception with its traceback), so the trial fails with its one-line message."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    for rank in sorted(failures):
+        cause = getattr(failures[rank], "_base_exc", failures[rank])
+        if isinstance(cause, HarnessError):
+            return cause
+    return None
+
+
+def _worker_loop(config: dict[str, Any]) -> dict[str, Any] | None:
+    """One rank's training (Ray Train calls it in every worker, the process group already up)."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    parallel = Parallel(context.get_world_rank(), context.get_world_size())
+    try:
+        return _train_rank(config["spec"], Path(config["checkpoint_dir"]), config["logger"],
+                           parallel, ray.train.torch.get_device())
+    except DivergenceError as exc:
+        # Every rank checks the same all-reduced loss and stops at the same step, so returning
+        # (rather than raising, which Ray Train would retry) leaves no rank waiting on another.
+        # Other errors may strike one rank only; raised, they make Ray Train stop the others.
+        return {"error": exc}
+
+
+def _train_rank(spec, checkpoint_dir: Path, logger: RunLogger, parallel: Parallel,
+                device) -> dict[str, Any] | None:
+    from harness.checkpoint import write_text_atomic
+    from harness.scheduler import _LossUploader, _node_id
+    from harness.train import train
+    from harness.trial import prepare
+
+    prep = prepare(spec)
+    cfg = prep.spec.train
+    losses = on_eval = None
+    if parallel.main:
+        logger.set_status(RUNNING)
+        logger.log_params(prep.config)
+        logger.set_tags({"fmbench.train_node": _node_id(), "fmbench.device": str(device),
+                         "fmbench.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+                         "fmbench.train_workers": parallel.world_size,
+                         "fmbench.per_worker_batch": cfg.batch_size // parallel.world_size})
+        losses = _LossUploader(logger, cfg.log_every)
+        on_eval = _eval_hook(prep, logger, device)
+        config = checkpoint_dir / "config.json"
+        if not (checkpoint_dir / CHECKPOINT_NAME).exists() or not config.exists():
+            # As harness.trial.train_trial: a resumed run keeps the config it started with.
+            write_text_atomic(config, json.dumps({**prep.config, "device": str(device),
+                                                  "train_workers": parallel.world_size},
+                                                 indent=2, default=str))
+    result = train(prep.method, prep.dataset, prep.new_network(), cfg, device=device,
+                   checkpoint_dir=checkpoint_dir, progress=losses and losses.add, on_eval=on_eval,
+                   parallel=parallel)
+    if not parallel.main:
+        return None
+    losses.flush(result.losses)  # the whole curve: also what the checkpoint restored
+    logger.log_metrics({"time/train_s": result.seconds}, step=result.step)
+    return {"step": result.step, "seconds": result.seconds, "resumed_from": result.resumed_from,
+            "device": str(device)}
+
+
+def _eval_hook(prep, logger: RunLogger, device):
+    """Rank 0's evaluations during training, as in train_task: each step logged once across
+    attempts, the final step left to the eval task."""
+    from harness.evaluate import evaluate_during_training
+
+    evaluated = logger.logged_steps("during/nfe")  # by an earlier attempt of this run
+
+    def on_eval(step: int, ema) -> None:
+        if step == prep.spec.train.steps or step in evaluated:
+            return  # the eval task measures the final weights and logs that point
+        metrics = evaluate_during_training(prep.method, ema, prep.dataset, prep.spec.eval, device)
+        logger.log_metrics({f"during/{k}": v for k, v in metrics.items()}, step=step)
+
+    return on_eval
