@@ -34,6 +34,8 @@ from harness.trial import MODEL_PRESETS, TrialSpec
 MAX_INT = 10**9
 """Largest integer setting accepted: beyond it a value is a typo, not an experiment."""
 MAX_SEEDS = 1000
+MAX_WORKERS = 1024
+"""Data-parallel training workers per trial."""
 MAX_BYTES = 1 << 20
 """Suites are small; a bigger file is the wrong file."""
 DEFAULT_CHECKPOINTS = "~/.cache/fmbench/checkpoints"
@@ -70,17 +72,20 @@ class MethodEntry:
 @dataclass(frozen=True)
 class DatasetEntry:
     """A dataset of the grid; ``root`` and ``download`` say where the data are, not what they
-    are."""
+    are; ``workers`` (if set) overrides ``resources.train.workers`` for its trials."""
     name: str
     root: str | None = None
     download: bool = True
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
 class Resources:
-    """What one task asks the scheduler for; fractional GPUs let small tasks share a device."""
+    """What one task asks the scheduler for; fractional GPUs let small tasks share a device.
+    ``workers`` > 1 (training only): data-parallel workers, each with ``cpus`` and ``gpus``."""
     cpus: float = 1.0
     gpus: float = 0.0
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -131,8 +136,10 @@ class Suite:
                         data_root=d.root, download=d.download, model=model,
                         model_options=dict(options), train=replace(self.training, seed=seed),
                         eval=replace(self.evaluation, seed=seed))
-                    out.append(Trial(trial_key(spec), self.name, m, d, seed, spec,
-                                     self.train_resources, self.eval_resources))
+                    train = self.train_resources if d.workers is None else \
+                        replace(self.train_resources, workers=d.workers)
+                    out.append(Trial(trial_key(spec), self.name, m, d, seed, spec, train,
+                                     self.eval_resources))
         return out
 
 
@@ -389,8 +396,8 @@ class _Check:
                 self.build(resolve_divergence, {"divergence": value, "dim": 1}, path + (k,))
         return self.build(cls, values, path)
 
-    def resources(self, raw: Any, path: tuple) -> Resources:
-        raw = self.mapping(raw, path, ("cpus", "gpus"))
+    def resources(self, raw: Any, path: tuple, workers: bool = False) -> Resources:
+        raw = self.mapping(raw, path, ("cpus", "gpus", "workers") if workers else ("cpus", "gpus"))
         got = {k: self.number(raw.get(k, d), path + (k,)) for k, d in (("cpus", 1), ("gpus", 0))}
         if got["cpus"] <= 0:
             self.fail(path + ("cpus",), f"must be > 0, got {_show(got['cpus'])}")
@@ -399,7 +406,15 @@ class _Check:
         for k, x in got.items():
             if x > 1 and x != int(x):
                 self.fail(path + (k,), f"above 1 must be a whole number (Ray's rule), got {x}")
+        if "workers" in raw:
+            got["workers"] = self.workers(raw["workers"], path + ("workers",))
         return Resources(**got)
+
+    def workers(self, v: Any, path: tuple) -> int:
+        n = self.integer(v, path)
+        if not 1 <= n <= MAX_WORKERS:
+            self.fail(path, f"must be in 1..{MAX_WORKERS}, got {n}")
+        return n
 
 
 def _entry(c: _Check, item: Any, path: tuple, registry, what: str) -> tuple[dict, str]:
@@ -439,10 +454,13 @@ def _method(c: _Check, item: Any, path: tuple) -> MethodEntry:
 
 def _dataset(c: _Check, item: Any, path: tuple) -> DatasetEntry:
     item, name = _entry(c, item, path, DATASETS, "dataset")
-    c.mapping(item, path, ("name", "root", "download"))
+    c.mapping(item, path, ("name", "root", "download", "workers"))
     root = item.get("root")
     root = None if root is None else c.text(root, path + ("root",))
-    return DatasetEntry(name, root, c.like(item.get("download", True), True, path + ("download",)))
+    workers = item.get("workers")
+    workers = None if workers is None else c.workers(workers, path + ("workers",))
+    return DatasetEntry(name, root, c.like(item.get("download", True), True, path + ("download",)),
+                        workers)
 
 
 def _models(c: _Check, raw: Any, datasets) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -539,12 +557,19 @@ def load_suite(path: str | os.PathLike) -> Suite:
     uri = tracking.get("uri")
     suite = Suite(
         name, description, shown, methods, datasets, seeds, models, training, evaluation,
-        c.resources(res.get("train"), ("resources", "train")),
+        c.resources(res.get("train"), ("resources", "train"), workers=True),
         c.resources(res.get("eval"), ("resources", "eval")),
         c.text(storage.get("checkpoints", DEFAULT_CHECKPOINTS), ("storage", "checkpoints")),
         None if uri is None else c.text(uri, ("tracking", "uri")),
         c.text(tracking.get("experiment", name), ("tracking", "experiment")), raw)
     first: dict[str, int] = {}
+    for i, d in enumerate(suite.datasets):
+        n = suite.train_resources.workers if d.workers is None else d.workers
+        if suite.training.batch_size % n:
+            where = ("datasets", i, "workers") if d.workers is not None else \
+                ("resources", "train", "workers")
+            c.fail(where, f"training batch_size {suite.training.batch_size} does not split "
+                          f"evenly over {n} workers")
     for t in suite.trials():  # labels differ but science equal: the runs would be one run
         i = next(j for j, m in enumerate(methods) if m.label == t.method.label)
         if first.setdefault(t.key, i) != i:

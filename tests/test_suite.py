@@ -85,6 +85,7 @@ def test_key_changes_with_method_option_seed_and_dataset(tmp_path):
     "model: {vector: {name: mlp, hidden: 256, depth: 3, activation: silu}}\n",  # defaults spelt out
     "resources: {train: {cpus: 2, gpus: 0.5}}\ntracking: {experiment: other}\n",
     "evaluation: {shard_size: 3000}\n",
+    "resources: {train: {workers: 4, cpus: 2}}\n",
     "training: {compile: true, fused_adam: true, pin_memory: true, channels_last: true}\n",
 ])
 def test_key_ignores_what_cannot_change_results(tmp_path, extra):
@@ -97,6 +98,15 @@ def test_a_field_checked_with_another_sees_the_suite_value(tmp_path):
     assert one_key(tmp_path, ok) == one_key(tmp_path, "evaluation: {batch_size: 500}\n", "b.yaml")
     message = error(write(tmp_path, MINIMAL + "evaluation: {batch_size: 500, shard_size: 1700}\n"))
     assert ": evaluation.shard_size: " in message and "batch_size=500, got 1700" in message
+
+
+def test_workers_per_dataset_override_the_suite(tmp_path):
+    suite = load_suite(write(tmp_path, MINIMAL.replace("[8gaussians]", "[8gaussians, {name: moons, "
+                             "workers: 4}]") + "resources: {train: {workers: 2, cpus: 3}}\n"))
+    workers = {t.dataset.name: t.train_resources for t in suite.trials()}
+    assert workers["8gaussians"].workers == 2 and workers["moons"].workers == 4
+    assert workers["moons"].cpus == 3  # per worker
+    assert suite.eval_resources.workers == 1
 
 
 def test_labels_tell_apart_one_method_with_different_options(tmp_path):
@@ -162,7 +172,7 @@ BAD = {  # id: (file text, field path, problem fragment)
     "unknown dataset": (_replace("[8gaussians]", "[{name: cifar100}]"), "datasets[0].name",
                         "valid: " + ", ".join(DATASETS.names())),
     "unknown dataset key": (_replace("[8gaussians]", "[{name: moons, path: /x}]"),
-                            "datasets[0].path", "valid: name, root, download"),
+                            "datasets[0].path", "valid: name, root, download, workers"),
     "unknown method option": (_replace("[fm-ot]", "[{name: fm-ot, beta_max: 3}]"),
                               "methods[0].beta_max", "valid: name, label, sigma_min"),
     "bad method option value": (_replace("[fm-ot]", "[{name: fm-ot, sigma_min: 2}]"),
@@ -206,6 +216,12 @@ BAD = {  # id: (file text, field path, problem fragment)
                             "reasonable integer"),
     "huge steps as int": (MINIMAL + f"training: {{steps: {10**30}}}\n", "training.steps",
                           "reasonable integer"),
+    "workers not splitting the batch": (MINIMAL + "resources: {train: {workers: 3}}\n",
+                                        "resources.train.workers", "does not split evenly over 3"),
+    "zero workers on a dataset": (_replace("[8gaussians]", "[{name: moons, workers: 0}]"),
+                                  "datasets[0].workers", "must be in 1..1024"),
+    "workers for evaluation": (MINIMAL + "resources: {eval: {workers: 2}}\n",
+                               "resources.eval.workers", "valid: cpus, gpus"),
     "negative gpus": (MINIMAL + "resources: {train: {gpus: -1}}\n", "resources.train.gpus",
                       "must be >= 0"),
     "zero cpus": (MINIMAL + "resources: {eval: {cpus: 0}}\n", "resources.eval.cpus", "must be > 0"),
