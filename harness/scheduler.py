@@ -61,6 +61,16 @@ def train_task(spec, checkpoint_dir: str, logger: RunLogger) -> dict[str, Any]:
             "device": str(device)}
 
 
+def train_parallel_task(spec, checkpoint_dir: str, logger: RunLogger, resources) -> dict[str, Any]:
+    """Train one trial on ``resources.workers`` DDP workers through Ray Train (:mod:`harness.ddp`);
+    this task only coordinates (it holds no resources), the workers hold ``resources`` each."""
+    from harness.ddp import train_distributed
+
+    logger.set_status(RUNNING)
+    return train_distributed(spec, checkpoint_dir, logger, workers=resources.workers,
+                             cpus_per_worker=resources.cpus, gpus_per_worker=resources.gpus)
+
+
 class _LossUploader:
     """Streams ``train/loss`` to the run every LOSS_FLUSH_SECONDS and logs each step once: an
     attempt that resumes a checkpoint (a rerun, a lost node) fills in whatever part of the curve
@@ -249,16 +259,17 @@ class _Capacity:
         self.total = {k: float(total.get(k, 0.0)) for k in self.used}
 
     def fits(self, res) -> bool:
-        return (self.used["CPU"] + res.cpus <= self.total["CPU"] + 1e-9
-                and self.used["GPU"] + res.gpus <= self.total["GPU"] + 1e-9)
+        n = getattr(res, "workers", 1)
+        return (self.used["CPU"] + n * res.cpus <= self.total["CPU"] + 1e-9
+                and self.used["GPU"] + n * res.gpus <= self.total["GPU"] + 1e-9)
 
-    def take(self, res) -> None:
-        self.used["CPU"] += res.cpus
-        self.used["GPU"] += res.gpus
+    def take(self, res, sign: float = 1.0) -> None:
+        n = sign * getattr(res, "workers", 1)
+        self.used["CPU"] += n * res.cpus
+        self.used["GPU"] += n * res.gpus
 
     def give(self, res) -> None:
-        self.used["CPU"] -= res.cpus
-        self.used["GPU"] -= res.gpus
+        self.take(res, -1.0)
 
 
 class _Progress:
@@ -335,6 +346,7 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
         parent.log_artifact(suite.path)
 
     train = ray.remote(train_task)
+    train_parallel = ray.remote(train_parallel_task)
     evaluate = ray.remote(eval_task)
     states = [TrialState(t) for t in suite.trials()]
     inflight: dict[Any, tuple[str, TrialState]] = {}
@@ -363,7 +375,11 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
             options = dict(num_cpus=res.cpus, num_gpus=res.gpus, name=f"{phase[:5]}:{t.name}",
                            max_retries=TASK_RETRIES, retry_exceptions=False, **runtime_env)
             args = [t.spec, ckpt, state.logger]
-            if phase == "training":
+            if phase == "training" and res.workers > 1:  # Ray Train's workers hold the resources
+                fn = train_parallel
+                options.update(num_cpus=0, num_gpus=0)
+                args.append(res)
+            elif phase == "training":
                 fn = train
             else:
                 fn = evaluate

@@ -209,3 +209,26 @@ def test_sharded_evaluation_through_ray_gives_the_single_task_metrics(ray_cluste
             assert m2[name] == m1[name], name
         assert m2["final/nll"] == pytest.approx(m1["final/nll"], rel=1e-6)
         assert m2["final/nll_se"] == pytest.approx(m1["final/nll_se"], rel=1e-6)
+
+
+def test_suite_with_two_training_workers_trains_with_ddp(ray_cluster, tmp_path):
+    """resources.train.workers: 2 sends the trial through Ray Train (gloo on CPU): one run, rank 0's
+    tags and curve, the per-worker batch recorded, and the evaluation of the trained weights."""
+    text = TINY.format(name="ddp", gpus=0, storage=tmp_path / "ckpt").replace(
+        "train: {cpus: 0.5, gpus: 0}", "train: {cpus: 1, gpus: 0, workers: 2}").replace(
+        "methods: [fm-ot, ddpm]", "methods: [ot-cfm]")
+    path = tmp_path / "ddp.yaml"
+    path.write_text(text)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    suite = load_suite(path)
+    assert suite.trials()[0].train_resources.workers == 2
+    summary = run_suite(suite, tracking_uri=uri, stream=io.StringIO())
+    assert summary.ok, [s.reason for s in summary.states]
+    (run,) = Tracker(uri, "ddp").trial_runs().values()
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["fmbench.train_workers"] == "2"
+    assert run.data.tags["fmbench.per_worker_batch"] == "32"
+    client = MlflowClient(uri)
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    assert steps == [10, 20, 30, 40]
+    assert {"final/nfe", "final/nll", "final/w2"} <= set(run.data.metrics)
