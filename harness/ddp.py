@@ -53,7 +53,8 @@ def train_distributed(spec, checkpoint_dir: str, logger: RunLogger, *, workers: 
         train_loop_config={"spec": spec, "checkpoint_dir": str(checkpoint_dir), "logger": logger},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
                                      resources_per_worker=resources),
-        run_config=RunConfig(name=RAY_TRAIN_FOLDER, storage_path=str(Path(checkpoint_dir).resolve()),
+        run_config=RunConfig(name=RAY_TRAIN_FOLDER,
+                             storage_path=str(Path(checkpoint_dir).resolve()),
                              failure_config=FailureConfig(max_failures=WORKER_RETRIES)))
     try:
         value = trainer.fit().return_value

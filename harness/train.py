@@ -282,7 +282,8 @@ def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
         from torch.nn.parallel import DistributedDataParallel
 
         # Built after loading the checkpoint; DDP broadcasts rank 0's weights to the others.
-        forward = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+        on_gpu = [device] if device.type == "cuda" else None
+        forward = DistributedDataParallel(net, device_ids=on_gpu)
     forward = torch.compile(forward) if cfg.compile else forward
     pin = pins_batches(device, cfg.pin_memory)
     image_layout = torch.channels_last if cfg.channels_last and len(dataset.shape) == 3 else None
@@ -335,6 +336,8 @@ def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
             ema.train()
         if stop_after is not None and step >= stop_after:
             break
+    if distributed:  # no rank returns (and tears the group down) before rank 0 has checkpointed
+        torch.distributed.barrier()
     net.eval()
     ema.eval()
     return TrainResult(net, ema, step, losses, time.perf_counter() - started, resumed_from)

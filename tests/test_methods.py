@@ -150,3 +150,18 @@ def test_ve_sigma_max_defaults_to_data_diameter():
     assert default_method_options("score-matching", data, is_image=False) == {"sigma_max": 5.0}
     assert default_method_options("score-matching", data, is_image=True) == {}
     assert default_method_options("fm-ot", data, is_image=False) == {}
+
+
+def test_loss_is_the_mean_of_its_losses_on_equal_row_blocks(method):
+    """What data-parallel training relies on: one draw over the global batch, split into equal
+    row blocks, gives block losses whose mean is the whole batch's loss (and loss = loss_on(draw))."""
+    net = torch.nn.Linear(3, 2).double()
+    model = lambda x, t: net(torch.cat([x, t[:, None].to(x.dtype)], dim=1))  # noqa: E731
+    x1 = _points(64)
+    whole = method.loss(model, x1, torch.Generator().manual_seed(5))
+    sample = method.draw(x1, torch.Generator().manual_seed(5))
+    assert torch.equal(method.loss_on(model, sample), whole)
+    blocks = [method.loss_on(model, sample.rows(slice(i, i + 16))) for i in range(0, 64, 16)]
+    torch.testing.assert_close(torch.stack(blocks).mean(), whole, rtol=1e-12, atol=0)
+    block = sample.rows(slice(16, 32))
+    assert block.x_t.shape == (16, 2) and torch.equal(block.t, sample.t[16:32])

@@ -183,3 +183,74 @@ def test_learning_rate_schedules():
     assert "steps" in decay.resume_key() and "steps" not in const.resume_key()
     with pytest.raises(ConfigError, match="lr_schedule"):
         TrainConfig(lr_schedule="cosine")
+
+
+class _RowCounter(torch.nn.Module):
+    """Wraps a network and records how many rows each forward call receives."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.rows = net, set()
+
+    def forward(self, x, t):
+        self.rows.add(x.shape[0])
+        return self.net(x, t)
+
+
+def _train_rank(rank, world, folder):
+    """One rank of a gloo process group (spawned): trains and reports what its forward saw."""
+    import torch.distributed as dist
+
+    from harness.train import Parallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/group", rank=rank,
+                            world_size=world)
+    try:
+        method, ds, net = _setup("8gaussians")
+        counted = _RowCounter(net)
+        out = train(method, ds, counted, _PARALLEL_CFG, checkpoint_dir=folder / "ckpt",
+                    parallel=Parallel(rank, world))
+        torch.save({"rows": sorted(counted.rows), "losses": out.losses,
+                    "net": out.net.state_dict()}, folder / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+_PARALLEL_CFG = TrainConfig(steps=12, batch_size=32, warmup_steps=3, checkpoint_every=5,
+                            log_every=4, ema_decay=0.9)
+
+
+def test_two_ranks_each_train_on_half_the_batch_and_match_one_process(tmp_path):
+    """Ray-free check of the data-parallel loop (tests/test_ddp.py runs it under Ray Train): each
+    rank's forward sees its half of the global batch (ot-cfm: the plan is solved over the whole),
+    and DDP's averaged gradients give the one-process parameters up to float reduction order."""
+    import torch.multiprocessing as mp
+
+    method, ds, net = _setup("8gaussians")
+    counted = _RowCounter(net)
+    single = train(method, ds, counted, _PARALLEL_CFG)
+    assert counted.rows == {32}
+    mp.spawn(_train_rank, args=(2, tmp_path), nprocs=2)
+    for rank in range(2):
+        seen = torch.load(tmp_path / f"rank{rank}.pt")
+        rows, losses, state = seen["rows"], seen["losses"], seen["net"]
+        assert rows == [16], (rank, rows)
+        assert [s for s, _ in losses] == [s for s, _ in single.losses]
+        assert [loss for _, loss in losses] == pytest.approx([x for _, x in single.losses],
+                                                             rel=1e-5)
+        for name, value in single.net.state_dict().items():
+            torch.testing.assert_close(state[name], value, rtol=0, atol=1e-6)
+    saved = load_checkpoint(tmp_path / "ckpt" / CHECKPOINT_NAME)  # rank 0's: the plain module
+    assert saved["step"] == 12 and saved["net"].keys() == single.net.state_dict().keys()
+
+
+def test_parallel_blocks_split_the_global_batch():
+    from harness.train import Parallel
+
+    blocks = [Parallel(r, 4).block(32) for r in range(4)]
+    assert [(b.start, b.stop) for b in blocks] == [(0, 8), (8, 16), (16, 24), (24, 32)]
+    with pytest.raises(ConfigError, match="batch_size 30 must be divisible by the 4"):
+        Parallel(0, 4).block(30)
+    with pytest.raises(ConfigError, match="rank"):
+        Parallel(2, 2)
