@@ -16,14 +16,12 @@ training function's return value as ``Result.return_value``.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError, DivergenceError, HarnessError
-from harness.tracking import RUNNING, RunLogger
-from harness.train import CHECKPOINT_NAME, Parallel
+from harness.tracking import RunLogger
+from harness.train import Parallel
 
 WORKER_RETRIES = 3
 """Times Ray Train restarts the worker group after a worker dies or raises; each restart resumes
@@ -81,11 +79,13 @@ def _worker_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     import ray.train
     import ray.train.torch
 
+    from harness.scheduler import train_logged
+
     context = ray.train.get_context()
     parallel = Parallel(context.get_world_rank(), context.get_world_size())
     try:
-        return _train_rank(config["spec"], Path(config["checkpoint_dir"]), config["logger"],
-                           parallel, ray.train.torch.get_device())
+        return train_logged(config["spec"], config["checkpoint_dir"], config["logger"],
+                            ray.train.torch.get_device(), parallel)
     except DivergenceError as exc:
         # Every rank checks the same all-reduced loss and stops at the same step, so returning
         # (rather than raising, which Ray Train would retry) leaves no rank waiting on another.
@@ -93,53 +93,3 @@ def _worker_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         return {"error": exc}
 
 
-def _train_rank(spec, checkpoint_dir: Path, logger: RunLogger, parallel: Parallel,
-                device) -> dict[str, Any] | None:
-    from harness.checkpoint import write_text_atomic
-    from harness.scheduler import _LossUploader, _node_id
-    from harness.train import train
-    from harness.trial import prepare
-
-    prep = prepare(spec)
-    cfg = prep.spec.train
-    losses = on_eval = None
-    if parallel.main:
-        logger.set_status(RUNNING)
-        logger.log_params(prep.config)
-        logger.set_tags({"fmbench.train_node": _node_id(), "fmbench.device": str(device),
-                         "fmbench.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-                         "fmbench.train_workers": parallel.world_size,
-                         "fmbench.per_worker_batch": cfg.batch_size // parallel.world_size})
-        losses = _LossUploader(logger, cfg.log_every)
-        on_eval = _eval_hook(prep, logger, device)
-        config = checkpoint_dir / "config.json"
-        if not (checkpoint_dir / CHECKPOINT_NAME).exists() or not config.exists():
-            # As harness.trial.train_trial: a resumed run keeps the config it started with.
-            write_text_atomic(config, json.dumps({**prep.config, "device": str(device),
-                                                  "train_workers": parallel.world_size},
-                                                 indent=2, default=str))
-    result = train(prep.method, prep.dataset, prep.new_network(), cfg, device=device,
-                   checkpoint_dir=checkpoint_dir, progress=losses and losses.add, on_eval=on_eval,
-                   parallel=parallel)
-    if not parallel.main:
-        return None
-    losses.flush(result.losses)  # the whole curve: also what the checkpoint restored
-    logger.log_metrics({"time/train_s": result.seconds}, step=result.step)
-    return {"step": result.step, "seconds": result.seconds, "resumed_from": result.resumed_from,
-            "device": str(device)}
-
-
-def _eval_hook(prep, logger: RunLogger, device):
-    """Rank 0's evaluations during training, as in train_task: each step logged once across
-    attempts, the final step left to the eval task."""
-    from harness.evaluate import evaluate_during_training
-
-    evaluated = logger.logged_steps("during/nfe")  # by an earlier attempt of this run
-
-    def on_eval(step: int, ema) -> None:
-        if step == prep.spec.train.steps or step in evaluated:
-            return  # the eval task measures the final weights and logs that point
-        metrics = evaluate_during_training(prep.method, ema, prep.dataset, prep.spec.eval, device)
-        logger.log_metrics({f"during/{k}": v for k, v in metrics.items()}, step=step)
-
-    return on_eval

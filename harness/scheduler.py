@@ -1,4 +1,4 @@
-"""Ray scheduling of a suite: the only module that imports Ray (DESIGN.md §2).
+"""Ray scheduling of a suite: with :mod:`harness.ddp` (Ray Train), the only code importing Ray.
 
 Each trial is a train task followed by an eval task, each with the suite's resources (fractional
 GPUs allowed). Tasks log straight to their MLflow run through a picklable RunLogger and return a
@@ -33,32 +33,55 @@ trial fails at once). Each rerun resumes from the trial's last checkpoint."""
 def train_task(spec, checkpoint_dir: str, logger: RunLogger) -> dict[str, Any]:
     """Train one trial (resuming from ``checkpoint_dir``), logging losses as they come."""
     from harness.device import resolve_device
+
+    return train_logged(spec, checkpoint_dir, logger, resolve_device("auto"))
+
+
+def train_logged(spec, checkpoint_dir: str, logger: RunLogger, device, parallel=None):
+    """Train this process's part of a trial; the main rank (the only one without DDP) logs the
+    config, tags, loss curve and during-training evaluations. Returns the train task's summary on
+    the main rank, None on the others."""
+    from harness.train import SINGLE
     from harness.trial import prepare, train_trial
 
-    device = resolve_device("auto")
-    logger.set_status(RUNNING)
+    parallel = parallel or SINGLE
     prep = prepare(spec)
-    logger.log_params(prep.config)
-    logger.set_tags({"fmbench.train_node": _node_id(), "fmbench.device": str(device),
-                     "fmbench.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")})
-    losses = _LossUploader(logger, prep.spec.train.log_every)
+    losses = on_eval = None
+    if parallel.main:
+        logger.set_status(RUNNING)
+        logger.log_params(prep.config)
+        tags = {"fmbench.train_node": _node_id(), "fmbench.device": str(device),
+                "fmbench.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+        if parallel.world_size > 1:
+            tags.update({"fmbench.train_workers": parallel.world_size,
+                         "fmbench.per_worker_batch": spec.train.batch_size // parallel.world_size})
+        logger.set_tags(tags)
+        losses = _LossUploader(logger, prep.spec.train.log_every)
+        on_eval = _during_training(prep, logger, device)
+    result = train_trial(prep, checkpoint_dir, device=device, progress=losses and losses.add,
+                         on_eval=on_eval, parallel=parallel)
+    if not parallel.main:
+        return None
+    losses.flush(result.losses)  # the whole curve: also what the checkpoint restored
+    logger.log_metrics({"time/train_s": result.seconds}, step=result.step)
+    return {"step": result.step, "seconds": result.seconds, "resumed_from": result.resumed_from,
+            "device": str(device)}
+
+
+def _during_training(prep, logger: RunLogger, device):
+    """The evaluation hook of a training run: each eval_every step logged once across attempts,
+    the final step left to the eval task."""
     evaluated = logger.logged_steps("during/nfe")  # by an earlier attempt of this run
 
     def on_eval(step: int, ema) -> None:
         from harness.evaluate import evaluate_during_training
 
         if step == prep.spec.train.steps or step in evaluated:
-            return  # the eval task measures the final weights and logs that point
-
+            return
         metrics = evaluate_during_training(prep.method, ema, prep.dataset, prep.spec.eval, device)
         logger.log_metrics({f"during/{k}": v for k, v in metrics.items()}, step=step)
 
-    result = train_trial(prep, checkpoint_dir, device=device, progress=losses.add,
-                         on_eval=on_eval)
-    losses.flush(result.losses)  # the whole curve: also what the checkpoint restored
-    logger.log_metrics({"time/train_s": result.seconds}, step=result.step)
-    return {"step": result.step, "seconds": result.seconds, "resumed_from": result.resumed_from,
-            "device": str(device)}
+    return on_eval
 
 
 def train_parallel_task(spec, checkpoint_dir: str, logger: RunLogger, resources) -> dict[str, Any]:

@@ -408,6 +408,9 @@ class _Check:
                 self.fail(path + (k,), f"above 1 must be a whole number (Ray's rule), got {x}")
         if "workers" in raw:
             got["workers"] = self.workers(raw["workers"], path + ("workers",))
+            if got["workers"] > 1 and 0 < got["gpus"] < 1:
+                self.fail(path + ("gpus",), f"must be whole with {got['workers']} workers: DDP "
+                                            f"(NCCL) puts one rank on each GPU, got {got['gpus']}")
         return Resources(**got)
 
     def workers(self, v: Any, path: tuple) -> int:

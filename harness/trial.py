@@ -22,7 +22,8 @@ from harness.models import MODELS, build_model, default_model_for
 from harness.checkpoint import load_checkpoint, write_text_atomic
 from harness.errors import CheckpointError
 from harness.methods import Method
-from harness.train import CHECKPOINT_NAME, EvalHook, Progress, TrainConfig, TrainResult, train
+from harness.train import (CHECKPOINT_NAME, SINGLE, EvalHook, Parallel, Progress, TrainConfig,
+                           TrainResult, train)
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # Small enough to train on a laptop CPU; suites set paper-scale models explicitly.
@@ -127,17 +128,20 @@ def prepare(spec: TrialSpec) -> PreparedTrial:
 
 
 def train_trial(prep: PreparedTrial, out_dir: str | Path, *, device: torch.device | str = "cpu",
-                progress: Progress | None = None, on_eval: EvalHook | None = None) -> TrainResult:
-    """Write the resolved config, then train (resuming from ``out_dir``'s checkpoint if any)."""
+                progress: Progress | None = None, on_eval: EvalHook | None = None,
+                parallel: Parallel = SINGLE) -> TrainResult:
+    """Write the resolved config, then train (resuming from ``out_dir``'s checkpoint if any).
+    ``parallel``: this process's rank of a data-parallel run (rank 0 writes the files)."""
     out = Path(out_dir)
     config = out / "config.json"
-    if not (out / CHECKPOINT_NAME).exists() or not config.exists():
+    if parallel.main and (not (out / CHECKPOINT_NAME).exists() or not config.exists()):
         # A resumed run keeps the config it started with: a mismatched rerun fails on the
         # checkpoint without overwriting what describes the finished work.
-        write_text_atomic(config, json.dumps({**prep.config, "device": str(device)}, indent=2,
-                                             default=str))
+        extra = {"train_workers": parallel.world_size} if parallel.world_size > 1 else {}
+        write_text_atomic(config, json.dumps({**prep.config, "device": str(device), **extra},
+                                             indent=2, default=str))
     return train(prep.method, prep.dataset, prep.new_network(), prep.spec.train, device=device,
-                 checkpoint_dir=out, progress=progress, on_eval=on_eval)
+                 checkpoint_dir=out, progress=progress, on_eval=on_eval, parallel=parallel)
 
 
 def load_trained(prep: PreparedTrial, out_dir: str | Path,

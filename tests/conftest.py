@@ -36,6 +36,8 @@ def ray_cluster():
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
     gpu_node = cluster.add_node(num_cpus=2, num_gpus=2)
     cluster.wait_for_nodes()
+    # Ray Train's helpers look a cluster up by address; never let them find another one here.
+    os.environ["RAY_ADDRESS"] = cluster.address
     ray.init(address=cluster.address, include_dashboard=False, logging_level="ERROR",
              log_to_driver=False)
     cluster.gpu_node_id = gpu_node.node_id

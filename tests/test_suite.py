@@ -220,6 +220,8 @@ BAD = {  # id: (file text, field path, problem fragment)
                                         "resources.train.workers", "does not split evenly over 3"),
     "zero workers on a dataset": (_replace("[8gaussians]", "[{name: moons, workers: 0}]"),
                                   "datasets[0].workers", "must be in 1..1024"),
+    "shared GPU with workers": (MINIMAL + "resources: {train: {workers: 2, gpus: 0.5}}\n",
+                                "resources.train.gpus", "must be whole with 2 workers"),
     "workers for evaluation": (MINIMAL + "resources: {eval: {workers: 2}}\n",
                                "resources.eval.workers", "valid: cpus, gpus"),
     "negative gpus": (MINIMAL + "resources: {train: {gpus: -1}}\n", "resources.train.gpus",
