@@ -1,6 +1,7 @@
 """Every registered method on 2-D datasets at an equal training budget: NFE, NLL, W2, MMD.
 
     python benchmarks/method_table.py [--datasets 8gaussians moons] [--steps 2000] [--seeds 0]
+    python benchmarks/method_table.py --tiny    # fm-ot and fm-diffusion, 30 steps: a CI check
 
 Prints one Markdown table (mean over seeds) and a one-line summary of the OT-vs-diffusion NFE claim.
 Runs through the same trial runner as `fmbench trial`, so numbers match the CLI.
@@ -29,7 +30,14 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--nll-samples", type=int, default=1000)
     p.add_argument("--out", help="folder for trial files and results.json (default: a temp dir)")
+    p.add_argument("--tiny", action="store_true",
+                   help="two methods on 8gaussians, 30 steps, small evaluations (seconds)")
     args = p.parse_args()
+    evaluation = EvalConfig(samples=args.samples, nll_samples=args.nll_samples)
+    if args.tiny:
+        args.datasets, args.methods, args.steps = ["8gaussians"], ["fm-ot", "fm-diffusion"], 30
+        evaluation = EvalConfig(samples=100, nll_samples=50, error_samples=8, nfe_budgets=(4,),
+                                tol=1e-3, reference_tol=1e-5, trajectory_samples=0)
     out = Path(args.out or tempfile.mkdtemp(prefix="fmbench-table-"))
 
     rows = []
@@ -38,8 +46,8 @@ def main() -> None:
             per_seed = []
             for seed in args.seeds:
                 spec = TrialSpec(method=method, dataset=dataset, seed=seed,
-                                 train=TrainConfig(steps=args.steps),
-                                 eval=EvalConfig(samples=args.samples, nll_samples=args.nll_samples))
+                                 train=TrainConfig(steps=args.steps, warmup_steps=min(100, args.steps)),
+                                 eval=evaluation)
                 result = run_trial(spec, out / spec.name)
                 per_seed.append(result.metrics)
                 print(f"  {spec.name}: " + ", ".join(f"{k}={result.metrics[k]:.4g}"

@@ -55,3 +55,11 @@ def test_sharded_evaluation_benchmark_runs_and_agrees():
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = [line for line in proc.stdout.splitlines() if line.startswith("SUMMARY sharded_eval: ")]
     assert len(summary) == 1 and "NFE equal: True" in summary[0], proc.stdout[-2000:]
+
+
+def test_method_table_tiny_run_prints_the_table_and_the_claim():
+    proc = run_script("benchmarks/method_table.py", "--tiny")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 8gaussians | ")]
+    assert [r.split(" | ")[1] for r in rows] == ["fm-ot", "fm-diffusion"]
+    assert "8gaussians: OT needs fewer NFE than the VP path: " in proc.stdout
