@@ -6,10 +6,12 @@ fanned out as shard tasks, on the same checkpoint, side by side.
 
 One fm-ot network is trained on 8gaussians in this process; then, on a ``ray.cluster_utils``
 cluster of a 0-CPU head and two 1-CPU nodes (see ``ray_scaling.cluster``), ``scheduler.eval_task``
-runs (a) as one 1-CPU task and (b) as a coordinator whose shards run as 1-CPU tasks, alternately,
+runs (a) as one 1-CPU task and (b) as 1-CPU shard tasks plus a 1-CPU eval task that combines them,
+submitted as the scheduler does (``scheduler.submit_evaluation``), alternately,
 after one untimed run of each (worker processes started, imports done).
 Both log to their own MLflow run. Speed-up = single-task seconds / sharded seconds (2 is the
-ideal on two 1-CPU nodes); the metrics of the two must agree (NFE exactly).
+ideal on two 1-CPU nodes); the metrics of the two must agree (NFE exactly). "in the eval task" is
+the eval task's own ``eval_time``: the whole evaluation for one task, only the combine for shards.
 """
 
 from __future__ import annotations
@@ -37,9 +39,8 @@ def main() -> None:
     import torch
 
     from harness.evaluate import EvalConfig
-    from harness.scheduler import eval_task
+    from harness.scheduler import submit_evaluation
     from harness.shards import plan_shards
-    from harness.suite import Resources
     from harness.tracking import Tracker
     from harness.train import TrainConfig
     from harness.trial import TrialSpec, prepare, train_trial
@@ -50,6 +51,7 @@ def main() -> None:
     cfg = EvalConfig(samples=samples, nll_samples=nll, batch_size=batch, shard_size=2 * batch,
                      error_samples=batch, nfe_budgets=(8, 16), solvers=("euler", "rk4"),
                      trajectory_samples=0)
+    one_cpu = {"num_cpus": 1}
     spec = TrialSpec("fm-ot", "8gaussians", train=TrainConfig(steps=300, batch_size=256), eval=cfg)
     with tempfile.TemporaryDirectory(prefix="fmbench-shards-") as tmp:
         folder = Path(tmp)
@@ -57,11 +59,10 @@ def main() -> None:
         train_trial(prepare(spec), ckpt)
         tracker = Tracker(f"sqlite:///{folder / 'mlflow.db'}", "sharded-eval")
         with cluster(2, folder / "ray"):
-            task = ray.remote(eval_task)
-            sides = {
-                "one task": lambda logger: task.options(num_cpus=1).remote(spec, ckpt, logger),
-                "shards": lambda logger: task.options(num_cpus=0).remote(
-                    spec, ckpt, logger, (Resources(cpus=1, gpus=0), {})),
+            plan = plan_shards(cfg, prepare(spec).dataset)
+            sides = {  # exactly what the scheduler submits for a trial without / with shard_size
+                "one task": lambda logger: submit_evaluation(spec, ckpt, logger, None, one_cpu)[0],
+                "shards": lambda logger: submit_evaluation(spec, ckpt, logger, plan, one_cpu)[0],
             }
             seconds: dict[str, list[float]] = {k: [] for k in sides}
             evaluating: dict[str, list[float]] = {k: [] for k in sides}
@@ -76,9 +77,8 @@ def main() -> None:
                     seconds[name].append(time.perf_counter() - started)
                     evaluating[name].append(metrics[name]["eval_time"])
     single, split = (statistics.median(seconds[k]) for k in sides)
-    plan = len(plan_shards(cfg, prepare(spec).dataset))
-    print(f"{'side':>9} {'median s':>9} {'of it evaluating':>16} {'runs':>5}   evaluation: {samples} samples, {nll} NLL "
-          f"points, batch {batch}, shard_size {2 * batch} ({plan} shards)")
+    print(f"{'side':>9} {'median s':>9} {'in the eval task':>16} {'runs':>5}   evaluation: {samples} samples, {nll} NLL "
+          f"points, batch {batch}, shard_size {2 * batch} ({len(plan)} shards)")
     for name in sides:
         print(f"{name:>9} {statistics.median(seconds[name]):>9.2f} "
               f"{statistics.median(evaluating[name]):>16.2f} {len(seconds[name]):>5}")

@@ -45,6 +45,7 @@ def train_logged(spec, checkpoint_dir: str, logger: RunLogger, device, parallel=
     """Train this process's part of a trial; the main rank (the only one without DDP) logs the
     config, tags, loss curve and during-training evaluations. Returns the train task's summary on
     the main rank, None on the others."""
+    from harness.shards import plan_shards
     from harness.train import SINGLE
     from harness.trial import prepare, train_trial
 
@@ -68,8 +69,10 @@ def train_logged(spec, checkpoint_dir: str, logger: RunLogger, device, parallel=
         return None
     losses.flush(result.losses)  # the whole curve: also what the checkpoint restored
     logger.log_metrics({"time/train_s": result.seconds}, step=result.step)
+    # The evaluation's shards, planned here where the data are loaded (the driver never loads them).
+    plan = plan_shards(prep.spec.eval, prep.dataset) if prep.spec.eval.shard_size else None
     return {"step": result.step, "seconds": result.seconds, "resumed_from": result.resumed_from,
-            "device": str(device)}
+            "device": str(device), "shards": plan}
 
 
 def _during_training(prep, logger: RunLogger, device):
@@ -147,48 +150,44 @@ def shard_task(spec, checkpoint_dir: str, shard):
     return evaluate_shard(prep.method, net, prep.dataset, prep.spec.eval, shard, device)
 
 
-def _evaluate_sharded(prep, checkpoint_dir: str, resources, runtime_env: dict, logger: RunLogger):
-    """Fan the evaluation out as one Ray task per shard (each with the suite's eval resources) and
-    combine their results into the metrics a single task would give."""
+def submit_evaluation(spec, checkpoint_dir: str, logger: RunLogger, plan, options: dict):
+    """Submit a trial's evaluation: with a shard ``plan``, one Ray task per shard and an eval task
+    that depends on all of them (Ray starts it when they are done, so it holds nothing meanwhile);
+    else one eval task. ``options``: the eval tasks' Ray options. Returns (eval ref, shard refs)."""
     import ray
 
-    from harness.shards import combine, plan_shards
-
-    plan = plan_shards(prep.spec.eval, prep.dataset)
-    logger.set_tags({"fmbench.eval_shards": len(plan)})
-    remote = ray.remote(shard_task)
-    options = dict(num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=TASK_RETRIES,
-                   retry_exceptions=False, **runtime_env)
+    if not plan:
+        return ray.remote(eval_task).options(**options).remote(spec, checkpoint_dir, logger), []
+    shard = ray.remote(shard_task)
     # Longest first: Ray starts queued tasks roughly in submission order, and one long shard
     # started last would leave the other workers idle while it runs.
     order = sorted(plan, key=lambda s: SHARD_COST.get(s.part, 1.0) * (s.stop - s.start),
                    reverse=True)
-    refs = [remote.options(name=f"shard{s.index}:{s.part}:{prep.spec.name}", **options).remote(
-        prep.spec, checkpoint_dir, s) for s in order]
-    try:
-        return combine(ray.get(refs), prep.spec.eval, prep.dataset)
-    except BaseException:
-        for ref in refs:  # a failed or cancelled evaluation leaves no shard running
-            ray.cancel(ref, force=True)
-        raise
+    name = options.get("name", spec.name)
+    refs = [shard.options(**{**options, "name": f"{name}:shard{s.index}:{s.part}"}).remote(
+        spec, checkpoint_dir, s) for s in order]
+    return ray.remote(eval_task).options(**options).remote(spec, checkpoint_dir, logger, *refs), refs
 
 
-def eval_task(spec, checkpoint_dir: str, logger: RunLogger, shards=None) -> dict[str, float]:
+def eval_task(spec, checkpoint_dir: str, logger: RunLogger, *shards) -> dict[str, float]:
     """Evaluate a trained trial from its checkpoint; log final metrics, curves and artifacts.
-    ``shards``: None evaluates here; else (resources, runtime_env) of the shard tasks to fan out to."""
+    ``shards``: the results of every shard of the evaluation's plan, combined instead of
+    evaluating here (:func:`submit_evaluation` passes them)."""
     from harness.device import resolve_device
     from harness.evaluate import evaluate
     from harness.figures import image_grid, scatter_figure, trajectory_figure
+    from harness.shards import combine
     from harness.trial import load_trained, prepare
 
     device = resolve_device("auto")
     prep = prepare(spec)
     started = time.perf_counter()
-    if shards is None:
+    if shards:
+        result = combine(shards, prep.spec.eval, prep.dataset)
+        logger.set_tags({"fmbench.eval_shards": len(shards)})
+    else:
         net = load_trained(prep, checkpoint_dir, device)
         result = evaluate(prep.method, net, prep.dataset, prep.spec.eval, device)
-    else:
-        result = _evaluate_sharded(prep, checkpoint_dir, *shards, logger)
     metrics = {**result.metrics, "eval_time": time.perf_counter() - started}
     steps = prep.spec.train.steps
     logger.log_metrics({f"final/{k}": v for k, v in metrics.items()}, step=steps)
@@ -239,6 +238,8 @@ class TrialState:
     metrics: dict[str, float] = field(default_factory=dict)
     started: float = 0.0
     seconds: float = 0.0
+    plan: list | None = None  # the evaluation's shards, from the train task
+    shard_refs: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -378,7 +379,6 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
 
     train = ray.remote(train_task)
     train_parallel = ray.remote(train_parallel_task)
-    evaluate = ray.remote(eval_task)
     states = [TrialState(t) for t in suite.trials()]
     inflight: dict[Any, tuple[str, TrialState]] = {}
     waiting: list[tuple[str, TrialState]] = []  # (phase, state); evals go first: they end trials
@@ -405,19 +405,14 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
             ckpt = str(_checkpoint_dir(storage, suite.name, t.key))
             options = dict(num_cpus=res.cpus, num_gpus=res.gpus, name=f"{phase[:5]}:{t.name}",
                            max_retries=TASK_RETRIES, retry_exceptions=False, **runtime_env)
-            args = [t.spec, ckpt, state.logger]
-            if phase == "training" and res.workers > 1:  # Ray Train's workers hold the resources
-                fn = train_parallel
-                options.update(num_cpus=0, num_gpus=0)
-                args.append(res)
-            elif phase == "training":
-                fn = train
+            args = (t.spec, ckpt, state.logger)
+            if phase == "evaluating":
+                ref, state.shard_refs = submit_evaluation(*args, state.plan, options)
+            elif res.workers > 1:  # a coordinator: Ray Train's workers hold the resources
+                ref = train_parallel.options(**{**options, "num_cpus": 0, "num_gpus": 0}).remote(
+                    *args, res)
             else:
-                fn = evaluate
-                if t.spec.eval.shard_size:  # a light coordinator; the shards hold the resources
-                    options.update(num_cpus=0, num_gpus=0)
-                    args.append((res, runtime_env))
-            ref = fn.options(**options).remote(*args)
+                ref = train.options(**options).remote(*args)
             inflight[ref] = (phase, state)
             capacity.take(res)
             state.status = phase
@@ -457,11 +452,14 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
                 try:
                     value = ray.get(ref)
                 except Exception as exc:  # the task failed: record why, keep the others going
+                    for shard in state.shard_refs:  # an evaluation that failed leaves none running
+                        ray.cancel(shard, force=True)
                     state.status, state.reason = "failed", _first_line(exc)
                     state.logger.finish(FAILED, state.reason)
                     stream.write(f"\n{state.trial.name} failed: {state.reason}\n")
                     continue
                 if phase == "training":
+                    state.plan = value.get("shards")
                     waiting.insert(0, ("evaluating", state))
                     state.status = "queued"
                 else:
@@ -472,6 +470,8 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
             progress.show(states)
     except KeyboardInterrupt:
         for ref, (_, state) in inflight.items():
+            for shard in state.shard_refs:
+                ray.cancel(shard, force=True)
             ray.cancel(ref, force=True)
         for state in {id(s): s for _, s in [*inflight.values(), *waiting]}.values():
             state.status, state.reason = "killed", "interrupted (Ctrl-C)"
