@@ -152,15 +152,15 @@ def test_killed_driver_rerun_finishes_only_missing_trials_with_the_same_results(
     command = [sys.executable, "-m", "harness.cli", "run", str(path), "--address",
                ray_cluster.address, "--tracking-uri", uri]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # The store exists before the driver starts: this test's polling must not race the driver's
+    # first-time creation of the SQLite schema (two processes migrating one new store fail).
+    Tracker(uri, "killed").connect()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
         def one_finished_one_training():
-            if not (tmp_path / "mlflow.db").exists():
-                return False
-            try:
-                runs = _all_trial_runs(uri, "killed")
-            except Exception:  # the store is still being created
-                return False
+            if proc.poll() is not None:
+                raise AssertionError(f"fmbench run exited early: {proc.stderr.read()[-2000:]}")
+            runs = _all_trial_runs(uri, "killed")
             finished = [r for r in runs if r.info.status == "FINISHED"]
             training = [r for r in runs if r.info.status == "RUNNING"
                         and _checkpoint_step(tmp_path / "ckpt" / "killed" /
