@@ -96,7 +96,6 @@ def train_parallel_task(spec, checkpoint_dir: str, logger: RunLogger, resources)
     this task only coordinates (it holds no resources), the workers hold ``resources`` each."""
     from harness.ddp import train_distributed
 
-    logger.set_status(RUNNING)
     return train_distributed(spec, checkpoint_dir, logger, workers=resources.workers,
                              cpus_per_worker=resources.cpus, gpus_per_worker=resources.gpus)
 
@@ -290,18 +289,21 @@ class _Capacity:
         total = ray.cluster_resources()  # changes as nodes join or leave
         self.total = {k: float(total.get(k, 0.0)) for k in self.used}
 
-    def fits(self, res) -> bool:
-        n = getattr(res, "workers", 1)
-        return (self.used["CPU"] + n * res.cpus <= self.total["CPU"] + 1e-9
-                and self.used["GPU"] + n * res.gpus <= self.total["GPU"] + 1e-9)
+    @staticmethod
+    def _claim(res) -> dict[str, float]:
+        """What a task claims: every data-parallel worker holds ``res`` (evaluation has one)."""
+        return {"CPU": res.workers * res.cpus, "GPU": res.workers * res.gpus}
 
-    def take(self, res, sign: float = 1.0) -> None:
-        n = sign * getattr(res, "workers", 1)
-        self.used["CPU"] += n * res.cpus
-        self.used["GPU"] += n * res.gpus
+    def fits(self, res) -> bool:
+        return all(self.used[k] + v <= self.total[k] + 1e-9 for k, v in self._claim(res).items())
+
+    def take(self, res) -> None:
+        for k, v in self._claim(res).items():
+            self.used[k] += v
 
     def give(self, res) -> None:
-        self.take(res, -1.0)
+        for k, v in self._claim(res).items():
+            self.used[k] -= v
 
 
 class _Progress:
