@@ -217,7 +217,7 @@ def cmd_validate(args) -> int:
     from harness.suite import load_suite
 
     suite = load_suite(args.suite)
-    print(f"{args.suite}: ok ({len(suite.trials())} trials)")
+    print(f"{args.suite}: ok ({suite.size} trials)")
     return 0
 
 
@@ -229,12 +229,13 @@ def cmd_plan(args) -> int:
     from harness.suite import load_suite
 
     suite = load_suite(args.suite)
-    trials = suite.trials()
-    width = max(len(t.name) for t in trials)
-    print(f"suite {suite.name}: {len(trials)} trials "
+    # Streamed: the column width comes from the longest parts, not from the built grid.
+    width = (max(len(m.label) for m in suite.methods) + max(len(d.name) for d in suite.datasets)
+             + max(len(str(s)) for s in suite.seeds) + 3)
+    print(f"suite {suite.name}: {suite.size} trials "
           f"({len(suite.methods)} methods x {len(suite.datasets)} datasets x {len(suite.seeds)} seeds)")
     print(f"{'trial':<{width}}  {'key':<16}  {'train':<14}  {'eval':<14}  steps")
-    for t in trials:
+    for t in suite.iter_trials():
         print(f"{t.name:<{width}}  {t.key:<16}  {_resources(t.train_resources):<14}  "
               f"{_resources(t.eval_resources):<14}  {t.spec.train.steps}")
     return 0

@@ -14,9 +14,10 @@ import json
 import math
 import os
 import re
+import unicodedata
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Iterator, NoReturn
 
 import torch
 import yaml
@@ -34,6 +35,13 @@ from harness.trial import MODEL_PRESETS, TrialSpec
 MAX_INT = 10**9
 """Largest integer setting accepted: beyond it a value is a typo, not an experiment."""
 MAX_SEEDS = 1000
+"""Seeds per suite, as a count or as a list."""
+MAX_ENTRIES = 1000
+"""Methods or datasets per suite: far beyond any benchmark, and it keeps validating a 1 MB file
+(every entry builds its method) fast."""
+MAX_TRIALS = 10_000
+"""Default grid-size cap (override with the suite's ``max_trials:``): a grid past it is almost
+always a typo, and expanding it costs minutes and gigabytes before anything is printed."""
 MAX_WORKERS = 1024
 """Data-parallel training workers per trial."""
 MAX_BYTES = 1 << 20
@@ -47,10 +55,12 @@ settings (the same numbers up to float rounding), so changing them never reruns 
 Evaluation ``batch_size`` stays in: dopri5 controls its step size with one error norm over the
 whole batch, so the batching changes the NFE (and samples) an evaluation reports."""
 
-TOP_KEYS = ("name", "description", "include", "methods", "datasets", "seeds", "model", "training",
-            "evaluation", "resources", "storage", "tracking")
-_NAME = re.compile(r"[a-z0-9_-]{1,64}")
-_LABEL = re.compile(r"[A-Za-z0-9_.+-]{1,64}")
+TOP_KEYS = ("name", "description", "include", "methods", "datasets", "seeds", "max_trials",
+            "model", "training", "evaluation", "resources", "storage", "tracking")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+"""Labels name sample and trial folders: no separators, and no leading dot (``..``, hidden)."""
+MAX_EXPERIMENT = 200
 
 
 class SuiteError(HarnessError):
@@ -124,13 +134,24 @@ class Suite:
     experiment: str
     source: dict[str, Any]
 
+    @property
+    def size(self) -> int:
+        """Number of trials, computed without building them."""
+        return len(self.methods) * len(self.datasets) * len(self.seeds)
+
     def trials(self) -> list[Trial]:
         """The grid, methods outermost, then datasets, then seeds (deterministic order)."""
-        out = []
-        for m in self.methods:
-            for d in self.datasets:
+        return list(self.iter_trials())
+
+    def iter_trials(self, methods: tuple[MethodEntry, ...] | None = None,
+                    datasets: tuple[DatasetEntry, ...] | None = None,
+                    seeds: tuple[int, ...] | None = None) -> Iterator[Trial]:
+        """The trials of :meth:`trials` one at a time (``plan`` prints them as they come), or of
+        a sub-grid when ``methods``, ``datasets`` or ``seeds`` are given."""
+        for m in self.methods if methods is None else methods:
+            for d in self.datasets if datasets is None else datasets:
                 model, options = self.models[DATASETS.entry(d.name).meta["kind"]]
-                for seed in self.seeds:
+                for seed in self.seeds if seeds is None else seeds:
                     spec = TrialSpec(
                         method=m.name, dataset=d.name, seed=seed, method_options=dict(m.options),
                         data_root=d.root, download=d.download, model=model,
@@ -138,9 +159,8 @@ class Suite:
                         eval=replace(self.evaluation, seed=seed))
                     train = self.train_resources if d.workers is None else \
                         replace(self.train_resources, workers=d.workers)
-                    out.append(Trial(trial_key(spec), self.name, m, d, seed, spec, train,
-                                     self.eval_resources))
-        return out
+                    yield Trial(trial_key(spec), self.name, m, d, seed, spec, train,
+                                self.eval_resources)
 
 
 def science_config(spec: TrialSpec) -> dict[str, Any]:
@@ -502,6 +522,8 @@ def _grid(c: _Check, raw: dict, key: str, parse, unique: str) -> tuple:
     if not isinstance(items, list) or not items:
         c.fail((key,), "is empty; list at least one" if items == [] else
                f"must be a non-empty list, got {_desc(items)}")
+    if len(items) > MAX_ENTRIES:
+        c.fail((key,), f"{len(items)} entries; a suite lists at most {MAX_ENTRIES}")
     entries, seen = [], {}
     for i, item in enumerate(items):
         entries.append(parse(c, item, (key, i)))
@@ -522,15 +544,52 @@ def _seeds(c: _Check, raw: Any) -> tuple[int, ...]:
     if not isinstance(raw, list) or not raw:
         c.fail(("seeds",), "is empty; list at least one seed" if raw == [] else
                f"must be a list of seeds or a count, got {_desc(raw)}")
-    seeds = []
+    if len(raw) > MAX_SEEDS:
+        c.fail(("seeds",), f"{len(raw)} seeds; a suite lists at most {MAX_SEEDS}")
+    seeds: list[int] = []
+    seen: set[int] = set()
     for i, s in enumerate(raw):
         s = c.integer(s, ("seeds", i))
         if s < 0:
             c.fail(("seeds", i), f"must be a non-negative integer, got {s}")
-        if s in seeds:
+        if s in seen:
             c.fail(("seeds", i), f"duplicate seed {s}")
+        seen.add(s)
         seeds.append(s)
     return tuple(seeds)
+
+
+def _experiment(c: _Check, v: Any, path: tuple) -> str:
+    """An MLflow experiment name; it also names folders (reports, artifacts), so it must be one
+    plain path component: no separators, not ``.``/``..``, no control or invisible characters."""
+    name = c.text(v, path)
+    if len(name) > MAX_EXPERIMENT:
+        c.fail(path, f"{len(name)} characters; at most {MAX_EXPERIMENT}")
+    if name != name.strip():
+        c.fail(path, f"{_show(name)} starts or ends with whitespace")
+    if "/" in name or "\\" in name:
+        c.fail(path, f"{_show(name)} must not contain / or \\ (it names folders)")
+    if name in (".", ".."):
+        c.fail(path, f"{name!r} is not a name (it names a folder)")
+    bad = next((ch for ch in name if unicodedata.category(ch) in ("Cc", "Cf")), None)
+    if bad is not None:
+        c.fail(path, f"{_show(name)} holds the control character U+{ord(bad):04X}")
+    return name
+
+
+def _cap(c: _Check, raw: dict, methods: tuple, datasets: tuple, seeds: tuple) -> None:
+    """Refuse a grid above ``max_trials`` (default :data:`MAX_TRIALS`), counted, not built."""
+    cap = MAX_TRIALS
+    if "max_trials" in raw:
+        cap = c.integer(raw["max_trials"], ("max_trials",))
+        if cap < 1:
+            c.fail(("max_trials",), f"must be >= 1, got {cap}")
+    size = len(methods) * len(datasets) * len(seeds)
+    if size > cap:
+        where = ("max_trials",) if "max_trials" in raw else ("methods x datasets x seeds",)
+        c.fail(where, f"{size} trials ({len(methods)} methods x {len(datasets)} datasets x "
+               f"{len(seeds)} seeds) is above the cap of {cap}; set max_trials: {size} in the "
+               "suite if you mean it")
 
 
 def load_suite(path: str | os.PathLike) -> Suite:
@@ -551,6 +610,7 @@ def load_suite(path: str | os.PathLike) -> Suite:
     methods = _grid(c, raw, "methods", _method, "label")
     datasets = _grid(c, raw, "datasets", _dataset, "name")
     seeds = _seeds(c, raw.get("seeds", [0]))
+    _cap(c, raw, methods, datasets, seeds)
     models = _models(c, raw.get("model"), datasets)
     training = c.config(TrainConfig, raw.get("training"), ("training",))
     evaluation = c.config(EvalConfig, raw.get("evaluation"), ("evaluation",))
@@ -564,7 +624,7 @@ def load_suite(path: str | os.PathLike) -> Suite:
         c.resources(res.get("eval"), ("resources", "eval")),
         c.text(storage.get("checkpoints", DEFAULT_CHECKPOINTS), ("storage", "checkpoints")),
         None if uri is None else c.text(uri, ("tracking", "uri")),
-        c.text(tracking.get("experiment", name), ("tracking", "experiment")), raw)
+        _experiment(c, tracking.get("experiment", name), ("tracking", "experiment")), raw)
     first: dict[str, int] = {}
     for i, d in enumerate(suite.datasets):
         n = suite.train_resources.workers if d.workers is None else d.workers
@@ -573,8 +633,9 @@ def load_suite(path: str | os.PathLike) -> Suite:
                 ("resources", "train", "workers")
             c.fail(where, f"training batch_size {suite.training.batch_size} does not split "
                           f"evenly over {n} workers")
-    for t in suite.trials():  # labels differ but science equal: the runs would be one run
-        i = next(j for j, m in enumerate(methods) if m.label == t.method.label)
+    # Labels differ but science equal: the runs would be one run. A key hashes the method and
+    # its options with everything else shared, so one dataset and one seed tell the methods apart.
+    for i, t in enumerate(suite.iter_trials(datasets=datasets[:1], seeds=seeds[:1])):
         if first.setdefault(t.key, i) != i:
             c.fail(("methods", i), f"same method and options as methods[{first[t.key]}]; "
                    "the trials would be identical")

@@ -21,12 +21,16 @@ from harness.report.curves import CURVE_SEEDS, Curves, curve_runs, keys_for
 from harness.report.figures import efficiency_figure, training_figure
 from harness.report.grid import Plan, Status, display_name, trial_frame
 from harness.report.provenance import cost_summary, cost_table, provenance_table
-from harness.report.render import SAMPLES, Content, Sample, clean, write_report
+from harness.report.render import (SAMPLES, Content, OutError, Sample, resolve_out, staged,
+                                   write_report)
 from harness.report.table import Table
 from harness.report.tables import comparison_table, dataset_metrics
 from harness.tracking import KIND
 
 ARTIFACTS = {"samples": "samples.png", "trajectories": "trajectories.png"}
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+"""A bare suite name: also the default folder ``reports/<name>``, so never ``.``, ``..`` or
+hidden."""
 
 
 @dataclass(frozen=True)
@@ -53,13 +57,24 @@ def _load(suite: Any) -> Any:
     text = os.fspath(suite)
     if text.endswith((".yaml", ".yml")) or Path(text).is_file():
         return load_suite(text)
-    if not re.fullmatch(r"[A-Za-z0-9_.+-]{1,64}", text):
+    if not NAME.fullmatch(text):
         raise ReportError(f"{text!r} is neither a suite file nor a suite name")
     return text
 
 
+def _out(out_dir: str | Path | None, name: str) -> tuple[Path, str]:
+    """The checked report folder: ``out_dir``, or ``reports/<name>``, where the name (from a
+    suite file or the command line) must be one plain folder name so it stays in ``reports/``."""
+    if out_dir is not None:
+        return resolve_out(out_dir, Path("reports") / name)
+    if not NAME.fullmatch(name):
+        raise OutError(f"suite name {name!r} cannot name a folder under reports/; pass --out")
+    return resolve_out(None, Path("reports") / name)
+
+
 def _samples(store: Store, frame: pd.DataFrame, out: Path) -> list[Sample]:
-    """Artifacts of the lowest finished seed of each method x dataset."""
+    """Artifacts of the lowest finished seed of each method x dataset, downloaded under ``out``
+    (the report's temporary folder, so a failed build leaves none behind)."""
     done = frame[(frame["state"] == "finished") & frame["run_id"].notna()].sort_values("seed")
     found = []
     for _, r in done.drop_duplicates(["label", "dataset"]).iterrows():
@@ -75,6 +90,7 @@ def build_report(suite: Any, tracking_uri: str | None = None, out_dir: str | Pat
     """Build ``out_dir`` (default ``reports/<suite>/``) from the suite's MLflow runs and log it as
     an artifact of the suite's latest invocation run (``log=False`` skips that)."""
     suite = _load(suite)
+    out, shown = _out(out_dir, suite if isinstance(suite, str) else suite.name)  # before MLflow
     if isinstance(suite, str):  # no suite file: experiment named after the suite, grid inferred
         store = Store(tracking_uri, suite)
         runs = store.runs(suite)
@@ -100,18 +116,16 @@ def build_report(suite: Any, tracking_uri: str | None = None, out_dir: str | Pat
               "cost": cost_table(plan, frame),
               "provenance": provenance_table(plan, frame, store.uri, latest)}
 
-    out = Path(out_dir) if out_dir is not None else Path("reports") / name
-    out.mkdir(parents=True, exist_ok=True)
-    clean(out)
-    content = Content(
-        title=f"fmbench report: {name}", banner=status.banner(), complete=status.complete,
-        tables=tables, claims=claims,
-        efficiency=[efficiency_figure(plan, frame, curves, d) for d in plan.datasets],
-        training=[training_figure(plan, frame, curves, d) for d in plan.datasets],
-        samples=_samples(store, frame, out),
-        methods=[(label, display_name(plan, label)) for label in plan.labels],
-        datasets=list(plan.datasets), cost_summary=cost_summary(plan, frame))
-    files = write_report(content, out)
+    with staged(out, shown, name) as tmp:
+        content = Content(
+            title=f"fmbench report: {name}", banner=status.banner(), complete=status.complete,
+            tables=tables, claims=claims,
+            efficiency=[efficiency_figure(plan, frame, curves, d) for d in plan.datasets],
+            training=[training_figure(plan, frame, curves, d) for d in plan.datasets],
+            samples=_samples(store, frame, tmp),
+            methods=[(label, display_name(plan, label)) for label in plan.labels],
+            datasets=list(plan.datasets), cost_summary=cost_summary(plan, frame))
+        files = {k: out / p.relative_to(tmp) for k, p in write_report(content, tmp).items()}
 
     warnings, logged = [], None
     if log and latest is not None:

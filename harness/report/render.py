@@ -1,12 +1,26 @@
 """Write a report folder: ``index.html`` (self-contained), ``report.md`` with its figures as PNG
-files beside it, and every table as ``<name>.csv`` and ``<name>.tex``."""
+files beside it, and every table as ``<name>.csv`` and ``<name>.tex``.
+
+The folder is built whole in a hidden temporary folder beside the target and swapped in by
+renames (:func:`staged`), so a failure or Ctrl-C leaves the previous report as it was, and a folder
+is only ever replaced when its marker file says fmbench wrote it and it holds nothing else
+(:func:`resolve_out`): fmbench never deletes what it did not write.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
+from harness import __version__
+from harness.errors import HarnessError
 from harness.report.claims import Claim
 from harness.report.figures import Figure
 from harness.report.formats import to_csv, to_latex, to_markdown
@@ -15,6 +29,13 @@ from harness.report.table import Table
 
 FIGURES, SAMPLES = "figures", "samples"
 TABLES = ("comparison", "claims", "cost", "provenance")
+MARKER = ".fmbench-report"
+"""JSON file in every report folder (suite, time, version, the files written): the proof that the
+folder is fmbench's to replace."""
+
+
+class OutError(HarnessError):
+    """A ``--out`` folder that cannot be used; the message names the path and the problem."""
 
 
 @dataclass(frozen=True)
@@ -68,8 +89,9 @@ def _md_samples(content: Content, out: Path, kind: str) -> str:
         cells = []
         for d in content.datasets:
             s = grid.get((label, d))
-            cells.append("—" if s is None else
-                         f"![{shown} {d}]({s.path.relative_to(out).as_posix()}) seed {s.seed}")
+            rel = None if s is None else Path(os.path.relpath(Path(s.path).absolute(),
+                                                              Path(out).absolute()))
+            cells.append("—" if s is None else f"![{shown} {d}]({rel.as_posix()}) seed {s.seed}")
         lines.append(f"| {shown} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -90,15 +112,6 @@ def markdown(content: Content, out: Path) -> str:
     ]) + "\n"
 
 
-def clean(out: Path) -> None:
-    """Remove what an earlier report wrote here (its figures may name datasets no longer run)."""
-    shutil.rmtree(out / FIGURES, ignore_errors=True)
-    shutil.rmtree(out / SAMPLES, ignore_errors=True)
-    for name in [*(f"{t}.{ext}" for t in TABLES for ext in ("csv", "tex")), "index.html",
-                 "report.md"]:
-        (out / name).unlink(missing_ok=True)
-
-
 def write_report(content: Content, out: Path) -> dict[str, Path]:
     """Write every file; samples are already under ``out/samples``. Returns name -> path."""
     out.mkdir(parents=True, exist_ok=True)
@@ -116,3 +129,169 @@ def write_report(content: Content, out: Path) -> dict[str, Path]:
     files["index.html"] = out / "index.html"
     files["index.html"].write_text(html_page(content), encoding="utf-8")
     return files
+
+
+# -- the output folder ---------------------------------------------------------------------------
+
+def _problem(e: OSError) -> str:
+    """"no such file or directory", as the OS says it, without the path (the message has it)."""
+    return e.strerror.lower() if e.strerror else str(e) or type(e).__name__
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove folders fmbench made, deepest first, only while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _report_files(folder: Path) -> list[str]:
+    """Every file under ``folder`` as a POSIX path relative to it, sorted."""
+    out = []
+    for root, _, names in os.walk(folder):
+        out += [(Path(root) / n).relative_to(folder).as_posix() for n in names]
+    return sorted(out)
+
+
+def _check_ours(target: Path, shown: str) -> None:
+    """Refuse a folder that is not empty unless its marker lists everything in it: replacing the
+    folder deletes its contents, and only what fmbench wrote may go."""
+    try:
+        if not any(target.iterdir()):
+            return
+        marker = target / MARKER
+        if not marker.is_file():
+            raise OutError(f"--out {shown}: the folder exists and holds no fmbench report; choose "
+                           "an empty or new folder")
+        try:
+            written = set(json.loads(marker.read_text(encoding="utf-8"))["files"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise OutError(f"--out {shown}: its {MARKER} file is damaged, so fmbench cannot tell "
+                           "its files from yours; choose an empty or new folder") from None
+        allowed = written | {MARKER} | {p.as_posix() for w in written
+                                        for p in Path(w).parents if p != Path(".")}
+        for root, dirs, names in os.walk(target):
+            for n in [*dirs, *names]:
+                rel = (Path(root) / n).relative_to(target).as_posix()
+                if rel not in allowed:
+                    raise OutError(f"--out {shown}: holds {rel}, which fmbench did not write; "
+                                   "move it out or choose an empty or new folder")
+    except PermissionError as e:
+        raise OutError(f"--out {shown}: cannot read the folder: {_problem(e)}") from None
+
+
+def resolve_out(out: str | os.PathLike | None, default: Path) -> tuple[Path, str]:
+    """The absolute report folder for ``--out`` (or ``default``) and the path as the user wrote
+    it, checked before any work. ``~`` is expanded here too, because a quoted ``'~'`` reaches
+    fmbench unexpanded and would otherwise become a folder named ``~``."""
+    shown = os.fspath(default if out is None else out)
+    text = shown
+    if not text.strip():
+        raise OutError("--out: the path is empty")
+    if "\0" in text:
+        raise OutError(f"--out {shown!r}: the path holds a NUL character")
+    if text.startswith("~"):
+        text = os.path.expanduser(text)
+        if text.startswith("~"):
+            raise OutError(f"--out {shown}: cannot expand {shown.split('/')[0]} (no such user, or "
+                           "HOME is not set)")
+    try:
+        target = Path(text).resolve()
+        cwd = Path.cwd().resolve()
+    except (OSError, RuntimeError) as e:
+        raise OutError(f"--out {shown}: cannot resolve the path: "
+                       f"{_problem(e) if isinstance(e, OSError) else e}") from None
+    existing = target
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    if existing != target:
+        if not existing.is_dir():
+            raise OutError(f"--out {shown}: {existing} is a file, not a folder")
+    elif not target.is_dir():
+        raise OutError(f"--out {shown}: {target} exists and is a file, not a folder")
+    else:
+        _check_ours(target, shown)
+        if target == cwd or target in cwd.parents:
+            raise OutError(f"--out {shown}: is the current folder or holds it, and a report folder "
+                           "is replaced whole; choose a new folder inside it")
+    if target.parent == target:
+        raise OutError(f"--out {shown}: the root folder cannot be a report folder")
+    return target, shown
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C for the two renames of a swap, so it cannot land between them (main thread
+    only: that is where Python runs signal handlers)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    before = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+    if got:
+        raise KeyboardInterrupt
+
+
+def _swap(new: Path, target: Path, shown: str) -> None:
+    """Put ``new`` at ``target``; an earlier report there is renamed aside, then removed."""
+    old = new.with_name(new.name.replace(".tmp-", ".old-", 1))
+    had_old = os.path.lexists(target)
+    if had_old:
+        _check_ours(target, shown)  # again: files may have been added while the report was built
+    try:
+        with _interrupts_deferred():
+            if had_old:
+                os.rename(target, old)
+            try:
+                os.rename(new, target)
+            except BaseException:
+                if had_old:
+                    os.rename(old, target)
+                raise
+    except OSError as e:
+        raise OutError(f"--out {shown}: cannot put the report in place: {_problem(e)}") from None
+    if had_old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def staged(target: Path, shown: str, suite: str) -> Iterator[Path]:
+    """An empty hidden folder beside ``target`` to build the report in. On success it gets the
+    marker and replaces ``target``; on any failure, Ctrl-C included, it is removed (with any
+    parent folders made for it) and ``target`` is left as it was."""
+    made = []
+    parent = target.parent
+    while not os.path.lexists(parent):
+        made.append(parent)
+        parent = parent.parent
+    try:
+        for folder in reversed(made):
+            folder.mkdir()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        umask = os.umask(0o22)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the report from others
+    except OSError as e:
+        _remove_empty(made)
+        raise OutError(f"--out {shown}: cannot create a folder in {parent}: {_problem(e)}") \
+            from None
+    try:
+        yield tmp
+        files = _report_files(tmp)
+        (tmp / MARKER).write_text(json.dumps({
+            "suite": suite, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "fmbench": __version__, "files": files}, indent=1) + "\n", encoding="utf-8")
+        _swap(tmp, target, shown)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(made)
+        raise
