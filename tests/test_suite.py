@@ -255,6 +255,132 @@ def test_malformed_suite_is_one_line_naming_file_field_and_problem(tmp_path, tex
     assert problem in message, message
 
 
+# -- names that become paths (report folders, sample and trial folders) --------------------------
+
+def _tracking(experiment: str) -> str:
+    return MINIMAL + f"tracking: {{experiment: {experiment}}}\n"
+
+
+BAD_NAMES = {  # id: (file text, field path, problem fragment)
+    "experiment ..": (_tracking('".."'), "tracking.experiment", "is not a name"),
+    "experiment .": (_tracking('"."'), "tracking.experiment", "is not a name"),
+    "experiment with a slash": (_tracking("../../x"), "tracking.experiment", "must not contain /"),
+    "experiment with a backslash": (_tracking(r'"a\\b"'), "tracking.experiment",
+                                    "must not contain /"),
+    "experiment with a tab": (_tracking(r'"a\tb"'), "tracking.experiment", "U+0009"),
+    "experiment with a newline": (_tracking(r'"a\nb"'), "tracking.experiment", "U+000A"),
+    "experiment with a bidi override": (_tracking(r'"a\u202Eb"'), "tracking.experiment",
+                                        "U+202E"),
+    "experiment empty": (_tracking('""'), "tracking.experiment", "non-empty string"),
+    "experiment padded": (_tracking('" x"'), "tracking.experiment", "whitespace"),
+    "experiment too long": (_tracking("x" * 201), "tracking.experiment", "201 characters"),
+    "label ..": (_replace("[fm-ot]", '[{name: fm-ot, label: ".."}]'), "methods[0].label",
+                 "must match"),
+    "label ...": (_replace("[fm-ot]", '[{name: fm-ot, label: "..."}]'), "methods[0].label",
+                  "must match"),
+    "hidden label": (_replace("[fm-ot]", "[{name: fm-ot, label: .x}]"), "methods[0].label",
+                     "must match"),
+    "label with a slash": (_replace("[fm-ot]", "[{name: fm-ot, label: a/b}]"),
+                           "methods[0].label", "must match"),
+    "name starting with -": (MINIMAL.replace("name: t", "name: -t"), "name", "must match"),
+}
+
+
+@pytest.mark.parametrize("text, where, problem", BAD_NAMES.values(), ids=BAD_NAMES.keys())
+def test_names_that_become_paths_are_one_plain_component(tmp_path, text, where, problem):
+    message = error(write(tmp_path, text))
+    assert message.startswith(str(tmp_path / "suite.yaml") + f": {where}: "), message
+    assert problem in message, message
+
+
+def test_ordinary_names_still_pass(tmp_path):
+    suite = load_suite(write(tmp_path, _replace("[fm-ot]", "[{name: fm-ot, label: OT.v2+x_1}]")
+                             + "tracking: {experiment: 'My runs (v2), 2026'}\n"))
+    assert suite.methods[0].label == "OT.v2+x_1" and suite.experiment == "My runs (v2), 2026"
+    assert suite.trials()[0].name == "OT.v2+x_1-8gaussians-s0"
+
+
+# -- grid size -----------------------------------------------------------------------------------
+
+def _big(methods: int, datasets: int, seeds, extra: str = "") -> str:
+    labels = ", ".join(f"{{name: fm-ot, label: m{i}, sigma_min: {i / 1000}}}"
+                       for i in range(methods))
+    return (f"name: big\nmethods: [{labels}]\ndatasets: [{', '.join(DATASETS.names()[:datasets])}]"
+            f"\nseeds: {seeds}\n{extra}")
+
+
+def test_a_huge_grid_is_refused_quickly_without_expanding_it(tmp_path, monkeypatch):
+    import time
+
+    from harness.suite import Suite
+
+    def built(*args, **kwargs):
+        raise AssertionError("the grid was expanded")
+
+    monkeypatch.setattr(Suite, "iter_trials", built)
+    started = time.perf_counter()
+    message = error(write(tmp_path, _big(50, 10, 1000)))
+    assert time.perf_counter() - started < 3
+    assert message == (f"{tmp_path / 'suite.yaml'}: methods x datasets x seeds: 500000 trials "
+                       "(50 methods x 10 datasets x 1000 seeds) is above the cap of 10000; set "
+                       "max_trials: 500000 in the suite if you mean it")
+    message = error(write(tmp_path, _big(50, 10, 1000, "max_trials: 499999\n")))
+    assert ": max_trials: 500000 trials" in message and "cap of 499999" in message
+
+
+def test_max_trials_raises_the_cap_and_is_checked(tmp_path):
+    assert load_suite(write(tmp_path, _big(3, 2, 2, "max_trials: 12\n"))).size == 12
+    assert "cap of 11" in error(write(tmp_path, _big(3, 2, 2, "max_trials: 11\n")))
+    assert ": max_trials: must be >= 1" in error(write(tmp_path, _big(1, 1, 1, "max_trials: 0\n")))
+    assert "must be an integer" in error(write(tmp_path, _big(1, 1, 1, "max_trials: lots\n")))
+
+
+def test_a_1mb_file_of_entries_is_refused_fast(tmp_path):
+    import time
+
+    seeds = "[" + ", ".join(str(i) for i in range(140_000)) + "]"  # just under 1 MB of seeds
+    methods = "[" + ", ".join(["fm-ot"] * 1500) + "]"
+    for text, where in ((_big(1, 1, seeds), "seeds: 140000 seeds; a suite lists at most 1000"),
+                        (f"name: x\nmethods: {methods}\ndatasets: [moons]\n",
+                         "methods: 1500 entries; a suite lists at most 1000")):
+        started = time.perf_counter()
+        assert where in error(write(tmp_path, text))
+        assert time.perf_counter() - started < 3
+
+
+def test_plan_prints_trials_as_they_are_built(tmp_path, monkeypatch, capsys):
+    """Interrupted at the 5th trial key, ``fmbench plan`` has already printed the first four."""
+    import harness.suite
+    from harness.cli import main
+
+    real, calls = harness.suite.trial_key, []
+
+    def key(spec):
+        calls.append(spec)
+        if len(calls) == 5 + 3:  # load_suite keys one trial per method (3) for its own check
+            raise KeyboardInterrupt
+        return real(spec)
+
+    path = write(tmp_path, _big(3, 2, 2))
+    expected = [t.name for t in load_suite(path).trials()]
+    monkeypatch.setattr(harness.suite, "trial_key", key)
+    assert main(["plan", str(path)]) == 130
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "suite big: 12 trials (3 methods x 2 datasets x 2 seeds)"
+    assert [line.split()[0] for line in out[2:]] == expected[:4]
+    column = out[1].index("key")  # the width computed without the grid still aligns the keys
+    assert column == max(map(len, expected)) + 2
+    assert all(line[column - 2:column] == "  " and line[column] != " " for line in out[2:])
+
+
+def test_trials_and_iter_trials_agree(tmp_path):
+    suite = load_suite(write(tmp_path, _big(3, 2, 2)))
+    assert [t.key for t in suite.iter_trials()] == [t.key for t in suite.trials()]
+    assert suite.size == len(suite.trials()) == 12
+    assert [t.name for t in suite.iter_trials(datasets=suite.datasets[1:], seeds=(1,))] == [
+        f"m{i}-{suite.datasets[1].name}-s1" for i in range(3)]
+
+
 def test_include_cycle_names_the_chain(tmp_path):
     write(tmp_path, "include: a.yaml\n", "b.yaml")
     message = error(write(tmp_path, "include: b.yaml\n" + MINIMAL, "a.yaml"))
