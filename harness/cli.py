@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="path to a suite YAML file (or a suite name: the grid is then "
                                  "inferred from its runs)")
     p.add_argument("--tracking-uri", help="MLflow URI (as for run)")
-    p.add_argument("--out", help="report folder (default: reports/<suite name>/)")
+    p.add_argument("--out", help="report folder (default: reports/<suite name>/), replaced whole; "
+                                 "must be new, empty or an earlier fmbench report")
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the tracking store")
     p.add_argument("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI or "
