@@ -41,7 +41,8 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _bash(command: str, cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+def _bash(command: str, cwd: Path, env: dict[str, str],
+          timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 

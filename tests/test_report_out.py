@@ -185,12 +185,34 @@ def test_a_failed_swap_puts_the_previous_report_back(store, tmp_path, monkeypatc
     assert _tree(out) == before and _leftovers(tmp_path) == []
 
 
+def test_ctrl_c_during_the_swap_waits_for_it_to_finish(store, tmp_path, monkeypatch):
+    import signal
+
+    uri, suite = store
+    out = tmp_path / "out"
+    build_report(suite, uri, out, log=False)
+    first = out.stat().st_ino
+    real = os.rename
+
+    def rename(src, dst):  # Ctrl-C right between moving the old report aside and the new in
+        os.kill(os.getpid(), signal.SIGINT)
+        real(src, dst)
+
+    monkeypatch.setattr(render.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        build_report(suite, uri, out, log=False)
+    assert out.stat().st_ino != first  # the new report, whole, and nothing left beside it
+    _check_report(out)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_unusable_out_paths_are_one_line_each(store, tmp_path, monkeypatch, capsys):
     uri, suite = store
     monkeypatch.chdir(tmp_path)
     Path("afile.txt").write_text("keep me")
     expected = {
-        "afile.txt": f"--out afile.txt: {tmp_path / 'afile.txt'} exists and is a file, not a folder",
+        "afile.txt": f"--out afile.txt: {tmp_path / 'afile.txt'} exists and is a file, "
+                     "not a folder",
         "afile.txt/sub": f"--out afile.txt/sub: {tmp_path / 'afile.txt'} is a file, not a folder",
         "/proc/x": "--out /proc/x: cannot create a folder in /proc: ",
         "~nosuchuser-fmbench/x": "--out ~nosuchuser-fmbench/x: cannot expand ~nosuchuser-fmbench",

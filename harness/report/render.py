@@ -222,23 +222,22 @@ def resolve_out(out: str | os.PathLike | None, default: Path) -> tuple[Path, str
 
 
 @contextmanager
-def _interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C for the two renames of a swap, so it cannot land between them (main thread
-    only: that is where Python runs signal handlers)."""
+def _interrupts_held() -> Iterator[list[int]]:
+    """Hold Ctrl-C for the two renames of a swap, so it cannot land between them; yields the
+    list of signals held, for the caller to act on once it is safe (main thread only: that is
+    where Python runs signal handlers)."""
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
     before = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
     try:
-        yield
+        yield got
     finally:
         signal.signal(signal.SIGINT, before)
-    if got:
-        raise KeyboardInterrupt
 
 
 def _swap(new: Path, target: Path, shown: str) -> None:
@@ -248,7 +247,7 @@ def _swap(new: Path, target: Path, shown: str) -> None:
     if had_old:
         _check_ours(target, shown)  # again: files may have been added while the report was built
     try:
-        with _interrupts_deferred():
+        with _interrupts_held() as held:
             if had_old:
                 os.rename(target, old)
             try:
@@ -261,6 +260,8 @@ def _swap(new: Path, target: Path, shown: str) -> None:
         raise OutError(f"--out {shown}: cannot put the report in place: {_problem(e)}") from None
     if had_old:
         shutil.rmtree(old, ignore_errors=True)
+    if held:  # the new report is in place; now the Ctrl-C
+        raise KeyboardInterrupt
 
 
 @contextmanager
