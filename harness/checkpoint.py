@@ -6,8 +6,10 @@ clear :class:`~harness.errors.CheckpointError` instead of a pickle traceback.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -30,10 +32,41 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) ->
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX
-    except BaseException:
+    except BaseException as exc:
+        full = _disk_full(exc, path.parent)  # measured before the partial file frees its space
         Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise StorageFullError(f"no space left on {path.parent} ({full}) while writing "
+                                   f"{path.name}; free space there or choose another --storage"
+                                   ) from None
         raise
     return path
+
+
+class StorageFullError(CheckpointError):
+    """The checkpoint folder's file system is full (or the user's quota is used up)."""
+
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter failed", "inline_container")
+"""What torch.save's zip writer says when a write comes up short: it reports the position it
+expected, not the errno (``[enforce fail at inline_container.cc:672] . unexpected pos ...``)."""
+LOW_SPACE_BYTES = 1 << 20
+
+
+def _disk_full(exc: BaseException, folder: Path) -> str:
+    """Why a failed write means a full disk ("" when it does not): ENOSPC/EDQUOT, or a torch
+    write failure with under 1 MiB left on ``folder``'s file system."""
+    if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
+        return os.strerror(exc.errno)
+    if isinstance(exc, RuntimeError) and any(s in str(exc) for s in TORCH_WRITE_FAILURES):
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            return ""
+        if free < LOW_SPACE_BYTES:
+            return f"{free} bytes free"
+    return ""
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:

@@ -54,11 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a suite on Ray, tracked in MLflow",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", help="path to a suite YAML file")
-    p.add_argument("--address", help="Ray cluster to join (e.g. auto); default: start Ray here")
+    p.add_argument("--address", help="Ray cluster to join (host:port or auto); default: "
+                                     "$RAY_ADDRESS, else start Ray here")
     p.add_argument("--tracking-uri", help="MLflow URI (default: suite, $MLFLOW_TRACKING_URI, "
                                           "sqlite:///mlflow.db)")
     p.add_argument("--storage", help="checkpoint root every node can reach (default: suite's)")
     p.add_argument("--force", action="store_true", help="rerun every trial from scratch")
+    p.add_argument("--wait", action="store_true",
+                   help="if another driver runs this suite on this store, wait for it to end")
+    p.add_argument("--connect-timeout", type=_positive(float), metavar="S",
+                   help="seconds to wait for the Ray cluster at --address "
+                        "($FMBENCH_CONNECT_TIMEOUT_S or 30)")
 
     p = sub.add_parser("status", help="each trial's state and headline metrics from MLflow")
     p.add_argument("suite", help="path to a suite YAML file")
@@ -265,7 +271,8 @@ def cmd_run(args) -> int:
     check_reachable(resolve_tracking_uri(args.tracking_uri or suite.tracking_uri))
     print(f"suite {suite.name}: {len(suite.trials())} trials", file=sys.stderr)
     summary = run_suite(suite, address=args.address, tracking_uri=args.tracking_uri,
-                        storage=args.storage, force=args.force)
+                        storage=args.storage, force=args.force, wait=args.wait,
+                        connect_timeout=args.connect_timeout)
     rows = []
     for s in summary.states:
         row = {"trial": s.trial.name, "status": s.status}
@@ -281,12 +288,22 @@ def cmd_run(args) -> int:
     return 0 if summary.ok else 1
 
 
+def _close_stale(uri: str, experiment: str, suite: str) -> None:
+    """Close invocations whose driver is gone (harness.invocation) and say so on stderr."""
+    from harness.invocation import close_stale, closed_note
+
+    closed = close_stale(uri, experiment, suite)
+    if closed:
+        print(closed_note(closed), file=sys.stderr)
+
+
 def cmd_status(args) -> int:
     from harness.suite import load_suite
     from harness.tracking import Tracker
 
     suite = load_suite(args.suite)
     tracker = Tracker(args.tracking_uri or suite.tracking_uri, suite.experiment)
+    _close_stale(tracker.uri, suite.experiment, suite.name)
     runs = tracker.trial_runs()
     rows = []
     for t in suite.trials():

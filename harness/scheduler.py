@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from harness.tracking import (FAILED, FINISHED, KEY, KILLED, KIND, RUNNING, SCHEDULED, SUITE,
-                              RunLogger, Tracker, git_commit)
+from harness.errors import HarnessError
+from harness.tracking import (FAILED, FINISHED, KEY, KILLED, KIND, REASON, RUNNING, SCHEDULED,
+                              SUITE, RunLogger, Tracker, git_commit)
 
 LOSS_FLUSH_SECONDS = 5.0
 SHARD_COST = {"error": 20.0, "likelihood": 3.0}
@@ -68,7 +69,9 @@ def train_logged(spec, checkpoint_dir: str, logger: RunLogger, device, parallel=
     if not parallel.main:
         return None
     losses.flush(result.losses)  # the whole curve: also what the checkpoint restored
-    logger.log_metrics({"time/train_s": result.seconds}, step=result.step)
+    # Training time over every attempt (the checkpoint carries the earlier ones), and this one's.
+    logger.log_metrics({"time/train_s": result.earlier_seconds + result.seconds,
+                        "time/train_attempt_s": result.seconds}, step=result.step)
     # The evaluation's shards, planned here where the data are loaded (the driver never loads them).
     plan = plan_shards(prep.spec.eval, prep.dataset) if prep.spec.eval.shard_size else None
     return {"step": result.step, "seconds": result.seconds, "resumed_from": result.resumed_from,
@@ -239,6 +242,7 @@ class TrialState:
     seconds: float = 0.0
     plan: list | None = None  # the evaluation's shards, from the train task
     shard_refs: list = field(default_factory=list)
+    stale_reason: bool = False  # the reopened run still has an earlier attempt's failure tag
 
 
 @dataclass(frozen=True)
@@ -256,14 +260,158 @@ class SuiteSummary:
         return self.count("failed") == 0 and self.count("killed") == 0
 
 
-def init_ray(address: str | None = None, **kwargs) -> None:
-    """Join ``address`` or start Ray on this machine; a no-op when Ray is already up."""
+CONNECT_ENV = "FMBENCH_CONNECT_TIMEOUT_S"
+DEFAULT_CONNECT_S = 30.0
+"""Seconds to wait for a Ray cluster given with ``--address``: a head that answers at all
+answers within a few; Ray itself retries for minutes."""
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray 2.60 turns ``_node_ip_address="127.0.0.1"`` into the machine's network address unless
+this is 0, which also marks the node as single-machine (GCS and raylet then listen on 127.0.0.1
+only). Ray reads it once, when ``ray`` is imported."""
+
+
+class RayConnectError(HarnessError):
+    """No Ray cluster answered at the address given."""
+
+
+def connect_timeout(value: float | None = None) -> float:
+    """``value``, else ``$FMBENCH_CONNECT_TIMEOUT_S``, else 30 s."""
+    if value is not None:
+        return float(value)
+    text = os.environ.get(CONNECT_ENV, "")
+    if not text:
+        return DEFAULT_CONNECT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise RayConnectError(f"{CONNECT_ENV} must be a number of seconds, got {text!r}") from None
+    if not seconds > 0:
+        raise RayConnectError(f"{CONNECT_ENV} must be > 0, got {text!r}")
+    return seconds
+
+
+@dataclass
+class RaySession:
+    """Ray as this driver found it: ``started`` when fmbench started a local node, which it then
+    shuts down (:meth:`close`), also when the driver is killed (:mod:`harness.reaper`)."""
+
+    started: bool = False
+    watchdog: Any = None
+
+    def close(self) -> None:
+        if not self.started:
+            return
+        import ray
+
+        try:
+            ray.shutdown()
+        finally:
+            if self.watchdog is not None:
+                self.watchdog.close()
+
+
+def init_ray(address: str | None = None, timeout: float | None = None, **kwargs) -> RaySession:
+    """Join ``address`` (else ``$RAY_ADDRESS``) within ``timeout`` seconds
+    (:func:`connect_timeout`), or start a new Ray node on this machine pinned to 127.0.0.1 (never
+    one found running here: Ray's own default would join the last cluster started on this
+    machine, a test's or another user's); a no-op when Ray is already up."""
+    loaded = sys.modules.get("ray")
+    if loaded is not None and loaded.is_initialized():
+        return RaySession()
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        os.environ.setdefault(LOOPBACK_ENV, "0")  # before the import; Ray's processes inherit it
     import ray
 
-    if ray.is_initialized():
-        return
-    ray.init(address=address, include_dashboard=False, logging_level="ERROR",
-             log_to_driver=False, **kwargs)
+    options = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=False, **kwargs)
+    if address is None:
+        if os.environ[LOOPBACK_ENV] == "0":
+            from ray._private import ray_constants  # imported earlier (tests): read at import
+
+            ray_constants.ENABLE_RAY_CLUSTER = False
+        context = ray.init(address="local", _node_ip_address="127.0.0.1", **options)
+        session = RaySession(started=True)
+        if sys.platform.startswith("linux"):
+            from harness.reaper import Watchdog
+
+            session.watchdog = Watchdog(context.address_info["node_id"])
+        return session
+    _join(address, connect_timeout(timeout), options)
+    return RaySession()
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+"""A gRPC client's first bytes (connection preface and an empty SETTINGS frame, RFC 9113 §3.4):
+Ray's GCS (and its client server) answer with a SETTINGS frame of their own."""
+
+
+def _probe(address: str, host: str, port: int, timeout: float) -> None:
+    """Fail in one line unless a gRPC server answers at host:port within ``timeout``: nothing
+    listening fails at once, a port that accepts but never speaks gRPC after ``timeout``.
+    Ray's own connect would retry each for minutes (20 tries of 5 s or more)."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            if os.environ.get("RAY_USE_TLS", "0") not in ("0", ""):
+                return  # a TLS handshake comes first: leave it to Ray
+            sock.sendall(HTTP2_PREFACE)
+            reply = b""
+            while len(reply) < 9:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = sock.recv(9 - len(reply))
+                if not chunk:
+                    break
+                reply += chunk
+    except socket.timeout:
+        raise RayConnectError(f"no Ray cluster answered at {address} within {timeout:g} s"
+                              ) from None
+    except OSError as exc:
+        raise RayConnectError(f"no Ray cluster answered at {address} "
+                              f"({exc.strerror or exc})") from None
+    if len(reply) < 9 or reply[3] != 4:
+        raise RayConnectError(f"no Ray cluster answered at {address}: something listens there "
+                              "but does not speak gRPC")
+
+
+def _join(address: str, timeout: float, options: dict) -> None:
+    """ray.init(address) bounded by ``timeout``: a gRPC probe of host:port first
+    (:func:`_probe`), then ray.init in a daemon thread, abandoned if it still overruns."""
+    import logging
+    import threading
+
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if sep and port.isdigit():
+        _probe(address, host.strip("[]"), int(port), timeout)
+    import ray
+    box: dict[str, Any] = {}
+
+    def connect() -> None:
+        try:
+            ray.init(address=address, **options)
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+
+    quiet = logging.getLogger("ray._private.worker")  # "SIGTERM handler is not set" off-main
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        thread = threading.Thread(target=connect, name="fmbench-ray-connect", daemon=True)
+        thread.start()
+        thread.join(timeout)
+    finally:
+        quiet.setLevel(level)
+    if thread.is_alive():
+        raise RayConnectError(f"no Ray cluster answered at {address} within {timeout:g} s")
+    error = box.get("error")
+    if isinstance(error, ConnectionError):
+        first = (str(error).strip().splitlines() or ["no cluster found."])[0].split(". ")[0]
+        raise RayConnectError(f"no Ray cluster answered at {address}: {first[:200].rstrip('.')}"
+                              ) from None
+    if error is not None:
+        raise error
 
 
 def _checkpoint_dir(storage: str, suite_name: str, key: str) -> Path:
@@ -363,25 +511,71 @@ def _fmt(seconds: float) -> str:
 
 
 def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = None,
-              storage: str | None = None, force: bool = False,
-              stream: TextIO = sys.stderr) -> SuiteSummary:
-    """Run every trial of ``suite`` that has no finished run with the same key."""
-    import ray
+              storage: str | None = None, force: bool = False, wait: bool = False,
+              connect_timeout: float | None = None, stream: TextIO = sys.stderr) -> SuiteSummary:
+    """Run every trial of ``suite`` that has no finished run with the same key.
+
+    One driver per suite and store (:mod:`harness.invocation`): another live driver makes this
+    one fail (or, with ``wait``, wait) before it starts Ray or creates a run. Ray is joined or
+    started only when there is work, and before any run is created, so a cluster that does not
+    answer leaves nothing behind in MLflow."""
+    from harness.invocation import acquire, close_stale, closed_note, wait_until_free
 
     tracker = Tracker(tracking_uri or suite.tracking_uri, suite.experiment)
     tracker.connect()  # before any worker exists: the store and experiment are created once
-    existing = tracker.trial_runs()
+    closed = close_stale(tracker.uri, suite.experiment, suite.name)
+    if closed:
+        stream.write(closed_note(closed) + "\n")
+    if wait_until_free(tracker, suite.name, wait=wait, stream=stream):
+        close_stale(tracker.uri, suite.experiment, suite.name)  # the one waited for may be dead
     storage = storage or suite.checkpoint_root
     started = time.monotonic()
     commit = git_commit()
-    parent = tracker.start_run(f"{suite.name} @ {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                               {KIND: "invocation", SUITE: suite.name, "fmbench.git_commit": commit})
+    states = [TrialState(t) for t in suite.trials()]
+    existing = tracker.trial_runs()
+    session = RaySession()
+    if force or any(_unfinished(existing.get(s.trial.key)) for s in states):
+        session = init_ray(address, connect_timeout)  # a suite with nothing to do never starts Ray
+    try:
+        name = f"{suite.name} @ {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        lease = acquire(tracker, suite.name, name, {"fmbench.git_commit": commit}, wait=wait,
+                        stream=stream)
+        try:
+            if lease.waited:  # the driver waited for may have finished or failed trials meanwhile
+                existing = tracker.trial_runs()
+            summary = _drive(suite, states, tracker, lease.logger, existing, storage, force,
+                             commit, address, connect_timeout, session, stream, started)
+        except KeyboardInterrupt:
+            lease.release(KILLED, "interrupted (Ctrl-C)")
+            raise
+        except BaseException as exc:
+            lease.release(FAILED, _first_line(exc))
+            raise
+        finally:
+            lease.heartbeat.stop()
+        lease.release(FINISHED if summary.ok else FAILED,
+                      None if summary.ok else f"{summary.count('failed')} trial(s) failed")
+        return summary
+    finally:
+        session.close()
+
+
+def _unfinished(run) -> bool:
+    return run is None or run.info.status != FINISHED
+
+
+def _drive(suite, states: list[TrialState], tracker: Tracker, parent: RunLogger,
+           existing: dict[str, Any], storage: str, force: bool, commit: str,
+           address: str | None, timeout: float | None, session: RaySession, stream: TextIO,
+           started: float) -> SuiteSummary:
+    """The driver's loop, once this driver holds the suite: create or reopen the trial runs,
+    submit tasks as the cluster has room, record results; Ctrl-C marks what is open KILLED."""
+    import ray
+
     if getattr(suite, "path", None):
         parent.log_artifact(suite.path)
-
     train = ray.remote(train_task)
     train_parallel = ray.remote(train_parallel_task)
-    states = [TrialState(t) for t in suite.trials()]
     inflight: dict[Any, tuple[str, TrialState]] = {}
     waiting: list[tuple[str, TrialState]] = []  # (phase, state); evals go first: they end trials
     capacity = _Capacity()
@@ -419,12 +613,16 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
             capacity.take(res)
             state.status = phase
 
+    todo = [s for s in states if force or _unfinished(existing.get(s.trial.key))]
     for state in states:
+        if state not in todo:
+            state.status = "skipped"
+    if todo and not ray.is_initialized():  # work appeared while this driver waited
+        joined = init_ray(address, timeout)
+        session.started, session.watchdog = joined.started, joined.watchdog
+    for state in todo:
         t = state.trial
         run = existing.get(t.key)
-        if run is not None and run.info.status == FINISHED and not force:
-            state.status = "skipped"
-            continue
         if force:
             shutil.rmtree(_checkpoint_dir(storage, suite.name, t.key), ignore_errors=True)
         tags = {KIND: "trial", SUITE: suite.name, KEY: t.key, "fmbench.method": t.method.label,
@@ -433,13 +631,13 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
         if run is not None and not force:
             state.logger = tracker.reopen(run.info.run_id)  # resumes from its checkpoint
             state.logger.set_tags({"mlflow.parentRunId": parent.run_id})
+            state.stale_reason = REASON in run.data.tags  # cleared once the trial finishes
         else:
             state.logger = tracker.start_run(t.name, tags, parent_id=parent.run_id,
                                              status=SCHEDULED)
         state.started = time.monotonic()
         waiting.append(("training", state))
-    if waiting:  # a suite with nothing left to do never starts (or joins) Ray
-        init_ray(address)
+    if waiting:
         pump()
 
     progress = _Progress(stream, len(states))
@@ -458,6 +656,7 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
                         ray.cancel(shard, force=True)
                     state.status, state.reason = "failed", _first_line(exc)
                     state.logger.finish(FAILED, state.reason)
+                    state.stale_reason = False
                     stream.write(f"\n{state.trial.name} failed: {state.reason}\n")
                     continue
                 if phase == "training":
@@ -467,6 +666,8 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
                 else:
                     state.status, state.metrics = "finished", value
                     state.seconds = time.monotonic() - state.started
+                    if state.stale_reason:  # a failure or kill of an earlier attempt
+                        state.logger.delete_tag(REASON)
                     state.logger.finish(FINISHED)
             pump()
             progress.show(states)
@@ -478,7 +679,6 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
         for state in {id(s): s for _, s in [*inflight.values(), *waiting]}.values():
             state.status, state.reason = "killed", "interrupted (Ctrl-C)"
             state.logger.finish(KILLED, state.reason)
-        parent.finish(KILLED, "interrupted (Ctrl-C)")
         progress.show(states, force=True)
         progress.close()
         raise
@@ -492,6 +692,4 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
                         "trials/failed": summary.count("failed"),
                         "trials/skipped": summary.count("skipped"),
                         "time/wall_s": summary.seconds})
-    parent.finish(FINISHED if summary.ok else FAILED,
-                  None if summary.ok else f"{summary.count('failed')} trial(s) failed")
     return summary

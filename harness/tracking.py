@@ -166,6 +166,10 @@ class RunLogger:
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         self._do("setting tags", lambda c: c.log_batch(self.run_id, tags=items))
 
+    def delete_tag(self, key: str) -> None:
+        """Remove tag ``key``, which must exist (MLflow refuses a missing one)."""
+        self._do("deleting a tag", lambda c: c.delete_tag(self.run_id, key))
+
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         self._do("uploading an artifact", lambda c: c.log_artifact(self.run_id, str(path), folder))
 

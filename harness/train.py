@@ -172,6 +172,7 @@ class TrainResult:
     losses: list[tuple[int, float]] = field(default_factory=list)
     seconds: float = 0.0
     resumed_from: int = 0
+    earlier_seconds: float = 0.0  # training time of earlier attempts, from the checkpoint
 
 
 def pins_batches(device: torch.device, pin_memory: bool) -> bool:
@@ -240,7 +241,7 @@ def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
     gen = torch.Generator().manual_seed(cfg.seed)
-    step, losses = 0, []
+    step, losses, earlier = 0, [], 0.0
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
 
     if ckpt_path is not None and ckpt_path.exists():
@@ -258,6 +259,7 @@ def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {ckpt_path} does not match this model ({exc})"[:300])
         step, losses = int(state["step"]), [tuple(x) for x in state["losses"]]
+        earlier = float(state.get("seconds", 0.0))  # absent in checkpoints before it was kept
     if distributed:  # every rank, with or without a checkpoint: this is a collective
         _check_same_step(step, device, ckpt_path)
     resumed_from = step
@@ -270,7 +272,8 @@ def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
             "step": step, "net": net.state_dict(), "ema": ema.state_dict(),
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "losses": [list(x) for x in losses], "train_config": cfg.resume_key()})
+            "losses": [list(x) for x in losses], "train_config": cfg.resume_key(),
+            "seconds": earlier + time.perf_counter() - started})
 
     # Parameter and buffer lists are built once: walking the module tree every step costs ~6% of
     # a small MLP's step on CPU (profiled with cProfile, benchmarks/train_overhead.py).
@@ -340,4 +343,5 @@ def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
         torch.distributed.barrier()
     net.eval()
     ema.eval()
-    return TrainResult(net, ema, step, losses, time.perf_counter() - started, resumed_from)
+    return TrainResult(net, ema, step, losses, time.perf_counter() - started, resumed_from,
+                       earlier)

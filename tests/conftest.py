@@ -1,6 +1,12 @@
 """Shared fixtures: everything runs on CPU, float64 where closed forms are compared."""
 
-import pytest
+import os
+
+# Before anything imports Ray: Ray reads it once, and with it every node a test adds (and every
+# local node a driver starts) takes 127.0.0.1 instead of the machine's network address.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import pytest  # noqa: E402
 import torch
 
 from harness.methods import METHODS, build_method
@@ -33,7 +39,9 @@ def ray_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    # Loopback only: Ray would otherwise pick the machine's network address for every node.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0,
+                                                            "node_ip_address": "127.0.0.1"})
     gpu_node = cluster.add_node(num_cpus=2, num_gpus=2)
     cluster.wait_for_nodes()
     # Ray Train's helpers look a cluster up by address; never let them find another one here.

@@ -151,7 +151,8 @@ def test_killed_driver_rerun_finishes_only_missing_trials_with_the_same_results(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = [sys.executable, "-m", "harness.cli", "run", str(path), "--address",
                ray_cluster.address, "--tracking-uri", uri]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # A short lease: the rerun waits (--wait) only until the killed driver's heartbeat expires.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "FMBENCH_LEASE_S": "4"}
     # The store exists before the driver starts: this test's polling must not race the driver's
     # first-time creation of the SQLite schema (two processes migrating one new store fail).
     Tracker(uri, "killed").connect()
@@ -173,7 +174,8 @@ def test_killed_driver_rerun_finishes_only_missing_trials_with_the_same_results(
     before = {r.data.tags[KEY]: r for r in _all_trial_runs(uri, "killed")}
     assert sorted(r.info.status for r in before.values()).count("FINISHED") == 1
 
-    rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    rerun = subprocess.run([*command, "--wait"], capture_output=True, text=True, env=env,
+                           timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "2 finished, 0 failed, 1 skipped" in rerun.stdout
     after = {r.data.tags[KEY]: r for r in _all_trial_runs(uri, "killed")}
@@ -181,6 +183,13 @@ def test_killed_driver_rerun_finishes_only_missing_trials_with_the_same_results(
     assert {k: r.info.run_id for k, r in after.items()} == {k: r.info.run_id for k, r in
                                                              before.items()}
     assert all(r.info.status == "FINISHED" for r in after.values())
+    assert all("fmbench.failure" not in r.data.tags for r in after.values())  # cleared on finish
+    invocations = [r for r in MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("killed").experiment_id])
+        if r.data.tags.get("fmbench.kind") == "invocation"]
+    assert sorted(r.info.status for r in invocations) == ["FINISHED", "KILLED"]
+    assert [r.data.tags["fmbench.failure"] for r in invocations if r.info.status == "KILLED"
+            ][0].startswith("driver gone: no heartbeat since ")
     resumed = [r for r in before.values() if r.info.status == "RUNNING"]
     client = MlflowClient(uri)
     for run in resumed:  # the interrupted training continued from its checkpoint
@@ -268,3 +277,71 @@ def test_tracking_server_restart_mid_suite_loses_nothing(ray_cluster, tmp_path):
         assert outage > 4
     finally:
         server.stop()
+
+
+# -- 5. the checkpoint disk is full ----------------------------------------------------------------
+def _full_disk_state():
+    import torch
+
+    return {"step": 1, "w": torch.zeros(100_000)}  # 400 kB: more than the small tmpfs holds
+
+
+def test_full_disk_is_one_line_naming_the_folder_on_a_real_tmpfs(tmp_path):
+    """A 64 KiB tmpfs (needs root and mount): torch.save's own error ("unexpected pos") becomes
+    "no space left on <folder>", and no partial file is left behind."""
+    from harness.checkpoint import StorageFullError, save_checkpoint
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        with pytest.raises(StorageFullError) as err:
+            save_checkpoint(mount / "key" / "checkpoint.pt", _full_disk_state())
+        assert str(err.value).startswith(f"no space left on {mount / 'key'} (")
+        assert "\n" not in str(err.value)
+        assert list((mount / "key").iterdir()) == []  # the temporary file was removed
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("failure", ["torch", "enospc", "edquot"])
+def test_full_disk_is_recognised_from_torch_and_os_errors(tmp_path, monkeypatch, failure):
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    import torch
+
+    from harness import checkpoint
+    from harness.checkpoint import StorageFullError, save_checkpoint
+
+    def fail(state, f):
+        f.write(b"partial")
+        if failure == "torch":
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4416 "
+                               "vs 4310")
+        code = errno.ENOSPC if failure == "enospc" else errno.EDQUOT
+        raise OSError(code, os.strerror(code))
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", fail)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 20, 1 << 20, 0))
+    with pytest.raises(StorageFullError, match=f"^no space left on {tmp_path / 'k'} ") as err:
+        save_checkpoint(tmp_path / "k" / "checkpoint.pt", {"step": 1})
+    assert list((tmp_path / "k").iterdir()) == []
+    assert isinstance(err.value, checkpoint.CheckpointError)
+
+
+def test_a_torch_write_error_with_space_left_is_not_called_a_full_disk(tmp_path, monkeypatch):
+    import torch
+
+    from harness.checkpoint import save_checkpoint
+
+    def fail(state, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 2")
+
+    monkeypatch.setattr(torch, "save", fail)  # the real disk_usage: plenty of space here
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        save_checkpoint(tmp_path / "k" / "checkpoint.pt", {"step": 1})

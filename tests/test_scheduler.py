@@ -232,3 +232,28 @@ def test_suite_with_two_training_workers_trains_with_ddp(ray_cluster, tmp_path):
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
     assert steps == [10, 20, 30, 40]
     assert {"final/nfe", "final/nll", "final/w2"} <= set(run.data.metrics)
+
+
+def test_test_cluster_and_local_nodes_address_ray_at_loopback(ray_cluster):
+    """Every node of the test cluster (head, GPU node, nodes tests add) is on 127.0.0.1, and a
+    local node fmbench starts is pinned there too (a subprocess: this one already has Ray)."""
+    import os
+    import subprocess
+    import sys
+
+    import ray
+
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+    assert ray_cluster.address.startswith("127.0.0.1:")
+    code = ("import os, ray\n"
+            "os.environ.pop('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', None)\n"
+            "from harness.scheduler import init_ray\n"
+            "session = init_ray()\n"
+            "print(sorted({n['NodeManagerAddress'] for n in ray.nodes()}), session.started)\n"
+            "session.close()\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env={**env, "RAY_AUTH_MODE": "disabled"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "['127.0.0.1'] True"

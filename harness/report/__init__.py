@@ -25,6 +25,7 @@ from harness.report.render import (SAMPLES, Content, OutError, Sample, resolve_o
                                    write_report)
 from harness.report.table import Table
 from harness.report.tables import comparison_table, dataset_metrics
+from harness.invocation import close_stale, gone_count
 from harness.tracking import KIND
 
 ARTIFACTS = {"samples": "samples.png", "trajectories": "trajectories.png"}
@@ -93,15 +94,17 @@ def build_report(suite: Any, tracking_uri: str | None = None, out_dir: str | Pat
     out, shown = _out(out_dir, suite if isinstance(suite, str) else suite.name)  # before MLflow
     if isinstance(suite, str):  # no suite file: experiment named after the suite, grid inferred
         store = Store(tracking_uri, suite)
+        close_stale(store.uri, store.experiment, suite)  # a killed driver's runs become KILLED
         runs = store.runs(suite)
         plan = Plan.inferred(suite, runs)
     else:
         store = Store(tracking_uri or suite.tracking_uri, suite.experiment)
+        close_stale(store.uri, store.experiment, suite.name)  # a killed driver's runs: KILLED
         runs = store.runs(suite.name)
         plan = Plan.from_suite(suite)
     name = plan.suite
     frame, ignored = trial_frame(plan, runs)
-    status = Status.of(frame, ignored, inferred=plan.trials is None)
+    status = Status.of(frame, ignored, inferred=plan.trials is None, driver_gone=gone_count(runs))
 
     chosen = curve_runs(frame, curve_seeds)
     parts = [store.histories(chosen.loc[chosen["dataset"] == d, "run_id"],

@@ -124,10 +124,13 @@ class Status:
     counts: dict[str, int]
     ignored: int
     inferred: bool
+    driver_gone: int = 0  # invocations closed because their driver stopped beating
 
     @classmethod
-    def of(cls, frame: pd.DataFrame, ignored: int, inferred: bool) -> "Status":
-        return cls({s: int((frame["state"] == s).sum()) for s in STATES}, ignored, inferred)
+    def of(cls, frame: pd.DataFrame, ignored: int, inferred: bool,
+           driver_gone: int = 0) -> "Status":
+        return cls({s: int((frame["state"] == s).sum()) for s in STATES}, ignored, inferred,
+                   driver_gone)
 
     @property
     def planned(self) -> int:
@@ -150,4 +153,8 @@ class Status:
         if self.ignored:
             head += (f" {self.ignored} run(s) of settings no longer in the suite file are left "
                      "out.")
+        if self.driver_gone:
+            n = self.driver_gone
+            head += (f" {n} invocation{'s were' if n > 1 else ' was'} killed (driver gone); "
+                     "a rerun resumes its unfinished trials.")
         return head
