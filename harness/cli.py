@@ -265,10 +265,12 @@ def _fmt_metric(value) -> str:
 def cmd_run(args) -> int:
     from harness.scheduler import run_suite
     from harness.suite import load_suite
-    from harness.tracking import check_reachable, resolve_tracking_uri
+    from harness.tracking import check_reachable, check_store, resolve_tracking_uri
 
     suite = load_suite(args.suite)
-    check_reachable(resolve_tracking_uri(args.tracking_uri or suite.tracking_uri))
+    uri = resolve_tracking_uri(args.tracking_uri or suite.tracking_uri)
+    check_reachable(uri)
+    check_store(uri, create=True)  # a damaged store: one line before anything is printed
     print(f"suite {suite.name}: {len(suite.trials())} trials", file=sys.stderr)
     summary = run_suite(suite, address=args.address, tracking_uri=args.tracking_uri,
                         storage=args.storage, force=args.force, wait=args.wait,
@@ -299,7 +301,7 @@ def _close_stale(uri: str, experiment: str, suite: str) -> None:
 
 def cmd_status(args) -> int:
     from harness.suite import load_suite
-    from harness.tracking import Tracker
+    from harness.tracking import Tracker, mask_uri
 
     suite = load_suite(args.suite)
     tracker = Tracker(args.tracking_uri or suite.tracking_uri, suite.experiment)
@@ -324,7 +326,8 @@ def cmd_status(args) -> int:
     counts = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    print(", ".join(f"{n} {k}" for k, n in counts.items()) + f" (tracking {tracker.uri})")
+    print(", ".join(f"{n} {k}" for k, n in counts.items())
+          + f" (tracking {mask_uri(tracker.uri)})")
     return 0
 
 
@@ -340,17 +343,34 @@ def cmd_report(args) -> int:
 
 
 def cmd_ui(args) -> int:
+    """Start MLflow's UI on an existing store and print each suite's page of training runs:
+    MLflow 3.17 opens experiments in its GenAI view unless the link asks for training runs."""
+    import os
     import subprocess
 
-    from harness.tracking import resolve_tracking_uri
+    from harness.tracking import (KIND, _client, _split_credentials, check_readable, mask_uri,
+                                  resolve_tracking_uri, retry, ui_url)
 
     uri = resolve_tracking_uri(args.tracking_uri)
+    check_readable(uri)  # never let `mlflow ui` create, migrate or choke on a store
+    client = _client(uri)
+    suites = retry(lambda: client.search_experiments(filter_string=f"tags.`{KIND}` = 'suite'"),
+                   "listing experiments", budget=10.0)
+    base = (_split_credentials(uri)[0] if uri.startswith(("http://", "https://"))
+            else f"http://{args.host}:{args.port}")
     if uri.startswith(("http://", "https://")):
-        print(f"runs are on a tracking server: open {uri}")
+        print(f"runs are on a tracking server: open {ui_url(base)}")
+    else:
+        print(f"MLflow UI for {mask_uri(uri)} at {ui_url(base)} (Ctrl-C stops it)")
+    for exp in suites:
+        print(f"  {exp.name}: {ui_url(base, exp.experiment_id)}")
+    if uri.startswith(("http://", "https://")):
         return 0
-    print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
-    proc = subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                           "--host", args.host, "--port", str(args.port)])
+    sys.stdout.flush()
+    # The store URI goes through the environment, not argv, where `ps` would show a password.
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}
+    proc = subprocess.run([sys.executable, "-m", "mlflow", "ui", "--host", args.host,
+                           "--port", str(args.port)], env=env)
     return proc.returncode
 
 

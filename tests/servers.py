@@ -20,12 +20,15 @@ def free_port() -> int:
 
 class MlflowServer:
     """``mlflow server`` with a SQLite backend and served artifacts, bound to 127.0.0.1.
-    ``stop`` and ``start`` again keep the port and the store: a tracking server restarting."""
+    ``stop`` and ``start`` again keep the port and the store: a tracking server restarting.
+    ``auth=(user, password)`` runs MLflow's basic-auth app (needs ``mlflow[auth]``) with that
+    admin; its user database and config live in ``folder`` too."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, auth: tuple[str, str] | None = None) -> None:
         self.folder = folder
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
+        self.auth = auth
         self.proc: subprocess.Popen | None = None
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -35,9 +38,21 @@ class MlflowServer:
                "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
                "--artifacts-destination", str(self.folder / "artifacts"), "--serve-artifacts",
                "--workers", "1"]
+        env = dict(os.environ)
+        if self.auth is not None:
+            config = self.folder / "basic_auth.ini"
+            config.write_text("[mlflow]\ndefault_permission = READ\n"
+                              f"database_uri = sqlite:///{self.folder / 'basic_auth.db'}\n"
+                              f"admin_username = {self.auth[0]}\n"
+                              f"admin_password = {self.auth[1]}\n"
+                              "authorization_function = "
+                              "mlflow.server.auth:authenticate_request_basic_auth\n")
+            env["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
+            env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", os.urandom(16).hex())  # CSRF key
+            cmd += ["--app-name", "basic-auth"]
         with open(self.folder / "server.log", "a") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True, env=env)
         deadline = time.monotonic() + timeout
         while True:
             try:

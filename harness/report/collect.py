@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.tracking import KIND, SUITE, check_reachable, resolve_tracking_uri
+from harness.tracking import KIND, SUITE, check_readable, mask_uri, resolve_tracking_uri
 
 HISTORY_THREADS = 8
 """History calls are independent round trips: threads overlap them on an HTTP tracking server."""
@@ -77,14 +77,16 @@ class Store:
     def __init__(self, uri: str | None, experiment: str) -> None:
         self.uri = resolve_tracking_uri(uri)
         self.experiment = experiment
-        check_reachable(self.uri)
-        local = self.uri[len("sqlite:///"):] if self.uri.startswith("sqlite:///") else None
-        if local is not None and not Path(local).is_file():  # MLflow would create an empty store
-            raise ReportError(f"no tracking store at {self.uri}; run the suite first or pass "
-                              "the --tracking-uri it ran with")
-        exp = _client(self.uri).get_experiment_by_name(experiment)
+        check_readable(self.uri)  # a missing, empty or damaged store: one line, left untouched
+        shown = mask_uri(self.uri)
+        try:
+            exp = _client(self.uri).get_experiment_by_name(experiment)
+        except Exception as exc:  # e.g. a store from an older MLflow: one line, not a traceback
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ReportError(f"reading tracking store {shown} failed: "
+                              f"{mask_uri(first)[:200]}") from None
         if exp is None:
-            raise ReportError(f"no MLflow experiment {experiment!r} at {self.uri}; run the suite "
+            raise ReportError(f"no MLflow experiment {experiment!r} at {shown}; run the suite "
                               "first or pass the --tracking-uri it ran with")
         self.experiment_id = exp.experiment_id
 

@@ -17,6 +17,7 @@ import pandas as pd
 from harness import __version__
 from harness.report.grid import Plan, display_name
 from harness.report.table import Cell, Column, Table
+from harness.tracking import mask_uri
 
 PACKAGES = ("torch", "torchdiffeq", "numpy", "scipy", "pandas", "mlflow", "ray", "pot",
             "clean-fid", "matplotlib")
@@ -119,7 +120,7 @@ def provenance_table(plan: Plan, frame: pd.DataFrame, uri: str,
     facts = [
         ("Suite", plan.suite),
         ("Suite file", plan.path or "not given (grid inferred from the runs)"),
-        ("MLflow experiment", f"{plan.experiment} at {uri}"),
+        ("MLflow experiment", f"{plan.experiment} at {mask_uri(uri)}"),  # never a password
         ("Harness version (trials)", _distinct(frame, "tags.fmbench.harness_version")),
         ("Git commit (trials)", _distinct(frame, "tags.fmbench.git_commit")),
         ("Devices (trials)", _distinct(frame, "tags.fmbench.device")),
