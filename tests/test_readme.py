@@ -97,15 +97,13 @@ def test_readme_validate_plan_list_and_trial_help(cheap):
 
 
 def test_readme_status_on_a_store_that_does_not_exist(cheap):
-    """Refused with one line (exit 2) once read-only commands never create a store; until then
-    it must at least finish without a traceback."""
+    """Refused with one line naming the store (exit 2): a read-only command never creates one."""
     store, ran = cheap
     proc = ran["status"][1]
-    assert proc.returncode in (0, 2), _shown(proc)
-    if proc.returncode == 2:
-        err = proc.stderr.strip()
-        assert err.startswith("fmbench: error: ") and "\n" not in err, _shown(proc)
-        assert not store.exists()
+    assert proc.returncode == 2, _shown(proc)
+    err = proc.stderr.strip()
+    assert err.startswith("fmbench: error: ") and "\n" not in err, _shown(proc)
+    assert str(store) in err and not store.exists()
 
 
 # -- the first command, from a fresh clone -------------------------------------------------------
