@@ -334,7 +334,8 @@ def init_ray(address: str | None = None, timeout: float | None = None, **kwargs)
         if sys.platform.startswith("linux"):
             from harness.reaper import Watchdog
 
-            session.watchdog = Watchdog(context.address_info["node_id"])
+            info = context.address_info
+            session.watchdog = Watchdog(info["node_id"], info["session_dir"])
         return session
     _join(address, connect_timeout(timeout), options)
     return RaySession()

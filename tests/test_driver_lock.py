@@ -178,7 +178,44 @@ def test_status_and_report_close_stale_invocations_and_the_report_says_so(tmp_pa
     assert "2 invocations were killed (driver gone)" in report.status.banner()
 
 
-# -- Ray connect: bounded, one line, nothing created ------------------------------------------------
+# -- the watchdog that ends a killed driver's Ray node ---------------------------------------------
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_watchdog_ends_only_the_processes_of_its_node_when_the_driver_is_gone(tmp_path):
+    """Stand-ins for a node's processes: one logging into the node's session folder, one with
+    the node's id in its environment; a bystander logs elsewhere. Closing the driver's end of
+    the pipe (what its death does) ends the first two within seconds, never the third."""
+    from harness.reaper import Watchdog
+
+    session, elsewhere = tmp_path / "session_1", tmp_path / "session_10"
+    session.mkdir()
+    elsewhere.mkdir()
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    with open(session / "worker.out", "w") as log, open(elsewhere / "other.out", "w") as other:
+        logging_there = subprocess.Popen(sleeper, stdout=log)
+        with_id = subprocess.Popen(sleeper, env={**os.environ, "RAY_NODE_ID": "n1"})
+        bystander = subprocess.Popen(sleeper, stdout=other,
+                                     env={**os.environ, "RAY_NODE_ID": "n10"})
+    driver_log = open(session / "python-core-driver.log", "w")  # as a Ray driver has
+    try:
+        watchdog = Watchdog("n1", str(session))
+        time.sleep(1.0)
+        assert all(p.poll() is None for p in (logging_there, with_id, bystander))
+        started = time.monotonic()
+        watchdog.close(timeout=30)
+        assert watchdog.proc.returncode == 0
+        assert logging_there.wait(10) == -signal.SIGTERM and with_id.wait(10) == -signal.SIGTERM
+        assert time.monotonic() - started < 10
+        assert bystander.poll() is None
+        # This process, the watchdog's parent, logs into the session too and was spared: a
+        # SIGTERM would have ended this test here.
+    finally:
+        driver_log.close()
+        for proc in (logging_there, with_id, bystander):
+            proc.kill()
+            proc.wait()
+
+
+# -- Ray connect: bounded, one line, nothing created -----------------------------------------------
 def _free_closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -226,7 +263,7 @@ def test_no_ray_cluster_is_one_line_and_creates_no_runs(tmp_path, case):
     assert seconds < 60
 
 
-# -- two real drivers --------------------------------------------------------------------------------
+# -- two real drivers ------------------------------------------------------------------------------
 def test_two_drivers_on_one_suite_one_trains_the_other_exits_or_waits(ray_cluster, tmp_path):
     """Driver A trains; B, started while A holds the suite, exits 2 with one line naming A's
     host, pid and start; C with --wait waits for A and then finds nothing left to train."""
@@ -310,8 +347,13 @@ def test_sigkilled_driver_lease_is_taken_over_and_its_local_ray_ends(tmp_path):
         a.send_signal(signal.SIGKILL)
         a.communicate(timeout=60)
     killed_at = time.monotonic()
-    _wait_for(lambda: not any(_alive(p) for p in ray_processes), 30,
-              "A's Ray processes to end")
+    try:
+        _wait_for(lambda: not any(_alive(p) for p in ray_processes), 30,
+                  "A's Ray processes to end")
+    except AssertionError:
+        left = {p: Path(f"/proc/{p}/comm").read_text().strip() for p in ray_processes
+                if _alive(p)}
+        raise AssertionError(f"still running 30 s after the SIGKILL: {left}") from None
     ended_after = time.monotonic() - killed_at
     reached = _checkpoint_step(folder / key)
 
