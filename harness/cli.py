@@ -343,28 +343,31 @@ def cmd_report(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    """Start MLflow's UI on an existing store and print each suite's page of training runs:
-    MLflow 3.17 opens experiments in its GenAI view unless the link asks for training runs."""
+    """Start MLflow's UI on the store and print each suite's page of training runs: MLflow 3.17
+    opens experiments in its GenAI view unless the link asks for training runs."""
     import os
     import subprocess
 
-    from harness.tracking import (KIND, _client, _split_credentials, check_readable, mask_uri,
-                                  resolve_tracking_uri, retry, ui_url)
+    from harness.tracking import (KIND, _client, _split_credentials, check_reachable,
+                                  check_store, mask_uri, resolve_tracking_uri, retry, ui_url)
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    check_readable(uri)  # never let `mlflow ui` create, migrate or choke on a store
-    client = _client(uri)
-    suites = retry(lambda: client.search_experiments(filter_string=f"tags.`{KIND}` = 'suite'"),
-                   "listing experiments", budget=10.0)
-    base = (_split_credentials(uri)[0] if uri.startswith(("http://", "https://"))
-            else f"http://{args.host}:{args.port}")
-    if uri.startswith(("http://", "https://")):
+    check_reachable(uri)
+    new = check_store(uri, create=True)  # a damaged store: one line, never handed to MLflow
+    if new:  # `mlflow ui` creates it, as `run` would; say so
+        print(f"creating tracking store {mask_uri(uri)}", file=sys.stderr)
+    server = uri.startswith(("http://", "https://"))
+    base = _split_credentials(uri)[0].rstrip("/") if server else f"http://{args.host}:{args.port}"
+    suites = [] if new else retry(
+        lambda: _client(uri).search_experiments(filter_string=f"tags.`{KIND}` = 'suite'"),
+        "listing experiments", budget=10.0)
+    if server:
         print(f"runs are on a tracking server: open {ui_url(base)}")
     else:
-        print(f"MLflow UI for {mask_uri(uri)} at {ui_url(base)} (Ctrl-C stops it)")
+        print(f"MLflow UI for {mask_uri(uri)} at {base} (Ctrl-C stops it)")
     for exp in suites:
         print(f"  {exp.name}: {ui_url(base, exp.experiment_id)}")
-    if uri.startswith(("http://", "https://")):
+    if server:
         return 0
     sys.stdout.flush()
     # The store URI goes through the environment, not argv, where `ps` would show a password.

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from harness.errors import HarnessError
-from harness.tracking import (FAILED, FINISHED, KEY, KILLED, KIND, REASON, RUNNING, SCHEDULED,
-                              SUITE, RunLogger, Tracker, git_commit)
+from harness.tracking import (CREDENTIALS, FAILED, FINISHED, KEY, KILLED, KIND, REASON, RUNNING,
+                              SCHEDULED, SUITE, RunLogger, Tracker, git_commit)
 
 LOSS_FLUSH_SECONDS = 5.0
 SHARD_COST = {"error": 20.0, "likelihood": 3.0}
@@ -581,8 +581,9 @@ def _drive(suite, states: list[TrialState], tracker: Tracker, parent: RunLogger,
     waiting: list[tuple[str, TrialState]] = []  # (phase, state); evals go first: they end trials
     capacity = _Capacity()
     # Workers on other nodes do not see the driver's environment: pass fmbench's own settings
-    # (data root, cache folder) with every task.
-    env = {k: v for k, v in os.environ.items() if k.startswith("FMBENCH_")}
+    # (data root, cache folder) with every task, and the tracking server's credentials (a
+    # basic-auth server answers their logging with 401 otherwise; runbook: Security).
+    env = {k: v for k, v in os.environ.items() if k.startswith("FMBENCH_") or k in CREDENTIALS}
     runtime_env = {"runtime_env": {"env_vars": env}} if env else {}
 
     def pump() -> None:

@@ -53,6 +53,9 @@ TRAINING_KIND = "custom_model_development"
 ``genai_development``). MLflow 3.17's UI ignores it and picks its view from ``workflowType``
 (see :func:`ui_url`); fmbench sets it anyway for UIs and tools that read it."""
 
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+"""MLflow's variables for a server's credentials: also passed to Ray tasks on other nodes."""
+
 _USERINFO = re.compile(r"(://[^/\s:@]*):[^\s/]*@")
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&\s]*", re.IGNORECASE)
 
