@@ -397,3 +397,19 @@ def test_basic_auth_server_one_line_and_no_password_shown(auth_server, tmp_path,
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret-Pa55-long")
     assert main(["status", suite, "--tracking-uri", uri]) == 0
     assert "1 not run" in capsys.readouterr().out
+
+
+def test_file_store_only_when_mlflow_allows_it(tmp_path, capsys, monkeypatch):
+    """MLflow 3 refuses its file store unless MLFLOW_ALLOW_FILE_STORE=true; so does fmbench, and
+    with it a relative file: URI is made absolute and a missing folder is refused by readers."""
+    from harness.tracking import resolve_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    assert resolve_tracking_uri("file:./mlruns") == (tmp_path / "mlruns").resolve().as_uri()
+    assert main(["status", str(_suite(tmp_path)), "--tracking-uri", "file:./mlruns"]) == 2
+    assert _error_line(capsys) == (f"fmbench: error: no tracking store at "
+                                   f"{(tmp_path / 'mlruns').resolve().as_uri()} (no such "
+                                   "folder); run the suite first or pass the --tracking-uri it "
+                                   "ran with")
+    assert not (tmp_path / "mlruns").exists()
