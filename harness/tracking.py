@@ -296,7 +296,8 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                                         "/health")
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
-                what = "refused the credentials" if exc.code == 401 or not given else "refused access"
+                what = ("refused the credentials" if exc.code == 401 or not given
+                        else "refused access")
                 raise TrackingError(
                     f"tracking server {shown} {what} ({exc.code}): set MLFLOW_TRACKING_USERNAME "
                     f"and MLFLOW_TRACKING_PASSWORD{' to a user with access' if given else ''}"

@@ -74,7 +74,8 @@ def _garbage_middle(data: bytes) -> bytes:
 
 DAMAGE = {
     "cut to half": (_half, "not a readable MLflow database"),
-    "garbage at the start": (_garbage_start, "not a readable MLflow database (file is not a database)"),
+    "garbage at the start": (_garbage_start,
+                             "not a readable MLflow database (file is not a database)"),
     "garbage in the middle": (_garbage_middle, "not a readable MLflow database"),
     "a text file": (lambda data: b"experiments: none\n" * 100,
                     "not a readable MLflow database (file is not a database)"),
