@@ -56,7 +56,7 @@ def main() -> None:
             rows.append({"dataset": dataset, "method": method, **mean})
     (out / "results.json").write_text(json.dumps(rows, indent=2))
 
-    print(f"\n| dataset | method | NFE (dopri5 1e-5) ↓ | NLL (nats) ↓ | W2 ↓ | MMD² ↓ | NFE of NLL solve |")
+    print("\n| dataset | method | NFE (dopri5 1e-5) ↓ | NLL (nats) ↓ | W2 ↓ | MMD² ↓ | NFE of NLL solve |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['dataset']} | {r['method']} | {r['nfe']:.0f} | {r['nll']:.3f} | {r['w2']:.3f} "

@@ -16,6 +16,7 @@ from harness.checkpoint import save_checkpoint
 from harness.cli import main
 from tests.servers import free_port
 from tests.test_suite import BAD, MINIMAL
+from tests.helpers import error_line
 
 SUITE_CASES = {**BAD,
                "python tag runs no code": (
@@ -27,14 +28,6 @@ SUITE_CASES = {**BAD,
                "infinite tolerance": (MINIMAL + "evaluation: {tol: .inf}\n", "evaluation.tol", ""),
                "deeply nested": (MINIMAL + "description: " + "[" * 5000 + "]" * 5000 + "\n",
                                  "", "")}
-
-
-def _error_line(capsys) -> str:
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
-    assert lines[0].startswith("fmbench: error: ")
-    return lines[0]
 
 
 def _digest(*paths: Path) -> dict[str, str]:
@@ -77,7 +70,7 @@ def test_malformed_suite_is_one_line_and_touches_nothing(tmp_path, capsys, finis
     uri, untouched = finished_work
     args = [command, str(path)] + (["--tracking-uri", uri] if command == "run" else [])
     assert main(args) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert line.startswith(f"fmbench: error: {path}: "), line
     assert where in line and problem in line, line
     assert not marker.exists(), "a suite executed code"
@@ -92,7 +85,7 @@ def test_unreadable_suite_through_the_cli(tmp_path, capsys):
         if os.access(path, os.R_OK):
             pytest.skip("running with privileges that read any file (root)")
         assert main(["validate", str(path)]) == 2
-        assert "cannot read" in _error_line(capsys)
+        assert "cannot read" in error_line(capsys)
     finally:
         path.chmod(0o644)
 
@@ -130,7 +123,7 @@ def test_damaged_checkpoints_are_one_line_and_left_as_they_are(tmp_path, capsys)
         ckpt.parent.mkdir(parents=True)
         ckpt.write_bytes(data)
         assert main(_trial(out)) == 2, name
-        line = _error_line(capsys)
+        line = error_line(capsys)
         assert f"checkpoint {ckpt} is corrupt" in line, (name, line)
         assert ckpt.read_bytes() == data, f"{name}: the damaged file was replaced"
 
@@ -144,7 +137,7 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
     ckpt.parent.mkdir(parents=True)
     torch.save({"step": 1, "net": Payload()}, ckpt)
     assert main(_trial(tmp_path / "evil")) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert f"checkpoint {ckpt} was refused, it could run code" in line, line
     assert not (tmp_path / "code-ran").exists()
 
@@ -156,7 +149,7 @@ def test_checkpoint_of_other_settings_keeps_the_finished_trial(tmp_path, capsys)
     before = _digest(folder / "checkpoint.pt", folder / "config.json", folder / "result.json")
     capsys.readouterr()
     assert main(_trial(out, "--lr", "0.5")) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert f"checkpoint {folder / 'checkpoint.pt'} was written with different training" in line
     assert _digest(*map(Path, before)) == before
 
@@ -173,7 +166,7 @@ def test_data_root_without_the_expected_files(tmp_path, capsys, dataset, problem
     root.mkdir()
     assert main(["trial", "--method", "fm-ot", "--dataset", dataset, "--data-root", str(root),
                  "--no-download", "--steps", "5", "--out", str(tmp_path / "t")]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert problem in line and str(root) in line, line
 
 
@@ -187,7 +180,7 @@ def test_data_root_without_the_expected_files(tmp_path, capsys, dataset, problem
 ])
 def test_bad_command_line_values(capsys, args, problem):
     assert main(args) == 2
-    assert problem in _error_line(capsys)
+    assert problem in error_line(capsys)
 
 
 def test_unreachable_tracking_server_names_the_uri_and_touches_nothing(tmp_path, capsys):
@@ -196,7 +189,7 @@ def test_unreachable_tracking_server_names_the_uri_and_touches_nothing(tmp_path,
     uri = f"http://127.0.0.1:{free_port()}"
     for command in ("run", "status"):
         assert main([command, str(path), "--tracking-uri", uri]) == 2
-        line = _error_line(capsys)
+        line = error_line(capsys)
         assert line == f"fmbench: error: tracking server {uri} is unreachable " \
                        "([Errno 111] Connection refused)", line
     assert not (tmp_path / "ckpt").exists()

@@ -15,21 +15,13 @@ import pytest
 from harness.cli import main
 from harness.tracking import FINISHED, Tracker, ui_url
 from tests.servers import MlflowServer
+from tests.helpers import chromium
 
 RUN_NAME = "fm-ot-8gaussians-s0"
 
 
-def _chromium() -> str:
-    exe = shutil.which("chromium")
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium")
-        pytest.skip("chromium is not installed (apt-get install chromium); CI fails here")
-    return exe
-
-
 def _browse(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
            "--no-first-run", "--disable-background-networking", "--disable-component-update",
            "--disable-sync", f"--user-data-dir={profile}", "--window-size=1400,900",
            "--virtual-time-budget=15000", *extra, url]

@@ -12,9 +12,7 @@ import csv
 import gc
 import html.parser
 import io
-import os
 import re
-import shutil
 import statistics
 import subprocess
 import time
@@ -30,6 +28,7 @@ from mlflow.entities import Metric, Param
 from harness.cli import main
 from harness.report import build_report, collect
 from harness.suite import load_suite
+from tests.helpers import chromium
 
 SUITE = """\
 name: reptest
@@ -132,7 +131,7 @@ def fill_store(tmp: Path, uri: str | None = None) -> tuple[str, object, dict]:
             time.sleep(0.01)
         nll, quality, nfe = (MOONS if d == "moons" else DIGITS)[m]
         nll_key, q_key = ("nll", "w2") if d == "moons" else ("bpd", "fid_classifier")
-        metrics = [(f"final/{nll_key}", nll[s], 50), (f"final/nfe", nfe[s], 50),
+        metrics = [(f"final/{nll_key}", nll[s], 50), ("final/nfe", nfe[s], 50),
                    ("time/train_s", TRAIN_S, 50), ("final/eval_time", EVAL_S, 50)]
         if quality[s] is not None:
             metrics.append((f"final/{q_key}", quality[s], 50))
@@ -344,7 +343,6 @@ def test_html_markdown_csv_latex_agree_with_each_other_and_mlflow(report, store)
                 assert float(r["std"]) == pytest.approx(statistics.stdev(values), rel=1e-12)
 
 
-
 # -- claims ---------------------------------------------------------------------------------------
 
 def test_claim_verdicts_and_numbers(report):
@@ -474,19 +472,11 @@ def test_cost_per_trial_and_total(report):
 
 # -- a real browser -------------------------------------------------------------------------------
 
-def _chromium() -> str:
-    exe = shutil.which("chromium")
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium")
-        pytest.skip("chromium is not installed (apt-get install chromium); CI fails here")
-    return exe
-
 
 def test_index_renders_in_headless_chromium_with_every_image(report, tmp_path):
     """The page's load handler writes data-images="<images>/<failed>" on <html>; --dump-dom
     prints the DOM after it ran, and --enable-logging prints console messages to stderr."""
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
            "--no-first-run", "--disable-background-networking", "--disable-component-update",
            "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
            "--v=0", "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=10000",

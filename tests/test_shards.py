@@ -12,7 +12,7 @@ import torch
 
 from harness.errors import ConfigError, HarnessError
 from harness.evaluate import EvalConfig, sample
-from harness.shards import (ShardResult, chunk_seed, combine, evaluate_parts, evaluate_shard,
+from harness.shards import (chunk_seed, combine, evaluate_parts, evaluate_shard,
                             plan_shards, weighted_mean_se)
 from harness.trial import TrialSpec, prepare
 

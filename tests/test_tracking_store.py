@@ -22,18 +22,11 @@ import pytest
 
 from harness.cli import main
 from harness.tracking import FINISHED, Tracker, TrackingError, check_reachable, mask_uri
-from tests.servers import MlflowServer, free_port
+from tests.servers import MlflowServer
 from tests.test_suite import MINIMAL
+from tests.helpers import error_line
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _error_line(capsys) -> str:
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
-    assert lines[0].startswith("fmbench: error: ")
-    return lines[0]
 
 
 def _suite(folder: Path) -> Path:
@@ -105,7 +98,7 @@ def test_damaged_store_is_one_line_and_left_as_it_was(pristine, tmp_path, capsys
     capsys.readouterr()
     args = [command] + ([] if command == "ui" else [str(_suite(tmp_path))])
     assert main(args + ["--tracking-uri", uri]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert line.startswith(f"fmbench: error: tracking store sqlite:///{db} "), line
     assert problem in line, line
     assert _digest(db) == before
@@ -120,7 +113,7 @@ def test_sqlite_database_of_another_program_is_refused(tmp_path, capsys):
         args = [command] + ([] if command == "ui" else [str(_suite(tmp_path))])
         assert main(args + ["--tracking-uri", f"sqlite:///{db}"]) == 2
         assert "is a SQLite database but not an MLflow one (no 'alembic_version' table)" \
-            in _error_line(capsys)
+            in error_line(capsys)
     assert _digest(db) == before
 
 
@@ -128,14 +121,14 @@ def test_a_folder_is_not_a_store(tmp_path, capsys):
     (tmp_path / "x.db").mkdir()
     assert main(["status", str(_suite(tmp_path)), "--tracking-uri",
                  f"sqlite:///{tmp_path / 'x.db'}"]) == 2
-    assert "is a folder, not a SQLite database file" in _error_line(capsys)
+    assert "is a folder, not a SQLite database file" in error_line(capsys)
 
 
 def test_an_empty_file_becomes_a_store_only_for_a_writer(tmp_path, capsys):
     db = tmp_path / "mlflow.db"
     db.write_bytes(b"")
     assert main(["status", str(_suite(tmp_path)), "--tracking-uri", f"sqlite:///{db}"]) == 2
-    assert "is empty" in _error_line(capsys) and db.stat().st_size == 0
+    assert "is empty" in error_line(capsys) and db.stat().st_size == 0
     Tracker(f"sqlite:///{db}", "t").connect()
     assert f"creating tracking store sqlite:///{db}" in capsys.readouterr().err
     assert db.stat().st_size > 0
@@ -180,7 +173,7 @@ def test_unusable_uri_says_what_is_wrong_and_what_works(tmp_path, capsys, monkey
     suite = str(_suite(tmp_path))
     args = [command] + ([] if command == "ui" else [suite])
     assert main(args + ["--tracking-uri", uri]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert line.startswith(f"fmbench: error: tracking URI {uri!r} {BAD_URIS[uri]}"), line
     assert line.endswith("; use sqlite:///relative/path.db, sqlite:////absolute/path.db, "
                          "http(s)://host:port, or a postgresql://, mysql:// or mssql:// URI "
@@ -191,7 +184,7 @@ def test_unusable_uri_says_what_is_wrong_and_what_works(tmp_path, capsys, monkey
 def test_environment_uri_is_checked_too(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "ftp://x")
     assert main(["status", str(_suite(tmp_path))]) == 2
-    assert "tracking URI 'ftp://x' has a scheme" in _error_line(capsys)
+    assert "tracking URI 'ftp://x' has a scheme" in error_line(capsys)
 
 
 # -- 3. a store that does not exist -------------------------------------------------------------
@@ -202,7 +195,7 @@ def test_readers_refuse_a_missing_store_and_create_nothing(tmp_path, capsys, com
     suite = str(_suite(tmp_path))
     for target in (db, tmp_path / "y.db"):  # missing folder, and a folder that exists
         assert main([command, suite, "--tracking-uri", f"sqlite:///{target}"]) == 2
-        assert _error_line(capsys) == (f"fmbench: error: no tracking store at sqlite:///{target} "
+        assert error_line(capsys) == (f"fmbench: error: no tracking store at sqlite:///{target} "
                                        "(no such file); run the suite first or pass the "
                                        "--tracking-uri it ran with")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
@@ -211,7 +204,7 @@ def test_readers_refuse_a_missing_store_and_create_nothing(tmp_path, capsys, com
 def test_run_refuses_a_store_whose_folder_is_missing(tmp_path, capsys):
     db = tmp_path / "nonexistent" / "dir" / "x.db"
     assert main(["run", str(_suite(tmp_path)), "--tracking-uri", f"sqlite:///{db}"]) == 2
-    assert _error_line(capsys) == (f"fmbench: error: cannot create tracking store "
+    assert error_line(capsys) == (f"fmbench: error: cannot create tracking store "
                                    f"sqlite:///{db}: folder {db.parent} does not exist")
     assert not (tmp_path / "nonexistent").exists() and not (tmp_path / "ckpt").exists()
 
@@ -378,11 +371,11 @@ def test_basic_auth_server_one_line_and_no_password_shown(auth_server, tmp_path,
     host = uri[len("http://"):]
     for command in ("status", "report", "run"):
         assert main([command, suite, "--tracking-uri", uri]) == 2
-        assert _error_line(capsys) == (f"fmbench: error: tracking server {uri} refused the "
+        assert error_line(capsys) == (f"fmbench: error: tracking server {uri} refused the "
                                        "credentials (401): set MLFLOW_TRACKING_USERNAME and "
                                        "MLFLOW_TRACKING_PASSWORD")
         assert main([command, suite, "--tracking-uri", f"http://admin:wrong-Pa55-long@{host}"]) == 2
-        line = _error_line(capsys)
+        line = error_line(capsys)
         assert f"tracking server http://admin:***@{host} refused the credentials (401)" in line
         assert "wrong-Pa55-long" not in line
     assert not (tmp_path / "ckpt").exists()
@@ -409,7 +402,7 @@ def test_file_store_only_when_mlflow_allows_it(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     assert resolve_tracking_uri("file:./mlruns") == (tmp_path / "mlruns").resolve().as_uri()
     assert main(["status", str(_suite(tmp_path)), "--tracking-uri", "file:./mlruns"]) == 2
-    assert _error_line(capsys) == (f"fmbench: error: no tracking store at "
+    assert error_line(capsys) == (f"fmbench: error: no tracking store at "
                                    f"{(tmp_path / 'mlruns').resolve().as_uri()} (no such "
                                    "folder); run the suite first or pass the --tracking-uri it "
                                    "ran with")
