@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from harness.errors import HarnessError
+from harness.settings import env_seconds
 from harness.tracking import (KILLED, KIND, PARENT_TAG, REASON, RUNNING, SCHEDULED, SUITE, TAG,
                               RunLogger, Tracker, retry)
 
@@ -46,16 +47,7 @@ class SuiteLockedError(HarnessError):
 
 def lease_seconds() -> float:
     """The lease: ``$FMBENCH_LEASE_S`` or 60 s (tests set a few seconds)."""
-    text = os.environ.get(LEASE_ENV, "")
-    if not text:
-        return DEFAULT_LEASE_S
-    try:
-        value = float(text)
-    except ValueError:
-        raise HarnessError(f"{LEASE_ENV} must be a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise HarnessError(f"{LEASE_ENV} must be > 0, got {text!r}")
-    return value
+    return env_seconds(LEASE_ENV, DEFAULT_LEASE_S)
 
 
 def heartbeat_interval(lease: float) -> float:
@@ -213,15 +205,20 @@ def wait_until_free(tracker: Tracker, suite: str, *, wait: bool, stream: TextIO 
     poll = heartbeat_interval(lease) if poll is None else poll
     waited = False
     while (holder := live_holder(tracker, suite, lease)) is not None:
-        if not wait:
-            raise SuiteLockedError(f"suite {suite!r} is being run by another driver: "
-                                   f"{holder.describe()}; rerun with --wait to wait for it")
-        if not waited:
-            stream.write(f"waiting for the driver of suite {suite!r}: {holder.describe()}\n")
-            stream.flush()
+        _held_by(holder, suite, wait=wait, told=waited, stream=stream)
         waited = True
         time.sleep(poll)
     return waited
+
+
+def _held_by(holder: Holder, suite: str, *, wait: bool, told: bool, stream: TextIO) -> None:
+    """Another driver holds ``suite``: refuse in one line, or say once that this one waits."""
+    if not wait:
+        raise SuiteLockedError(f"suite {suite!r} is being run by another driver: "
+                               f"{holder.describe()}; rerun with --wait to wait for it")
+    if not told:
+        stream.write(f"waiting for the driver of suite {suite!r}: {holder.describe()}\n")
+        stream.flush()
 
 
 def acquire(tracker: Tracker, suite: str, name: str, tags: dict[str, Any], *, wait: bool,
@@ -240,7 +237,7 @@ def acquire(tracker: Tracker, suite: str, name: str, tags: dict[str, Any], *, wa
                                       STARTED_AT: _utc(now), HEARTBEAT: f"{now:.3f}",
                                       LEASE: CANDIDATE})
     beat = Heartbeat(logger, interval).start()
-    told = waited = False
+    waited = False
     try:
         time.sleep(settle)  # runs created at the same moment are visible to each other after it
         while True:
@@ -248,13 +245,7 @@ def acquire(tracker: Tracker, suite: str, name: str, tags: dict[str, Any], *, wa
             if winner is None:
                 logger.set_tags({LEASE: HELD})
                 return Lease(logger, beat, waited)
-            if not wait:
-                raise SuiteLockedError(f"suite {suite!r} is being run by another driver: "
-                                       f"{winner.describe()}; rerun with --wait to wait for it")
-            if not told:
-                stream.write(f"waiting for the driver of suite {suite!r}: {winner.describe()}\n")
-                stream.flush()
-                told = True
+            _held_by(winner, suite, wait=wait, told=waited, stream=stream)
             waited = True
             time.sleep(poll)
     except BaseException as exc:  # lost, interrupted, or the store failed: free the suite

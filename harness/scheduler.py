@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from harness.errors import HarnessError
+from harness.settings import env_seconds
 from harness.tracking import (CREDENTIALS, FAILED, FINISHED, KEY, KILLED, KIND, REASON, RUNNING,
                               SCHEDULED, SUITE, RunLogger, Tracker, git_commit)
 
@@ -278,16 +279,7 @@ def connect_timeout(value: float | None = None) -> float:
     """``value``, else ``$FMBENCH_CONNECT_TIMEOUT_S``, else 30 s."""
     if value is not None:
         return float(value)
-    text = os.environ.get(CONNECT_ENV, "")
-    if not text:
-        return DEFAULT_CONNECT_S
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise RayConnectError(f"{CONNECT_ENV} must be a number of seconds, got {text!r}") from None
-    if not seconds > 0:
-        raise RayConnectError(f"{CONNECT_ENV} must be > 0, got {text!r}")
-    return seconds
+    return env_seconds(CONNECT_ENV, DEFAULT_CONNECT_S, error=RayConnectError)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from harness import __version__
 from harness.errors import HarnessError
+from harness.settings import env_seconds
 
 T = TypeVar("T")
 
@@ -326,15 +327,7 @@ def ui_url(base: str, experiment_id: str | None = None) -> str:
 def retry_budget() -> float:
     """Seconds a tracking call keeps retrying: ``$FMBENCH_TRACKING_RETRY_S`` or 120, long enough
     for a tracking server to restart; MLflow's own HTTP retries run inside each try."""
-    text = os.environ.get("FMBENCH_TRACKING_RETRY_S", "120")
-    try:
-        value = float(text)
-    except ValueError:
-        raise TrackingError(f"FMBENCH_TRACKING_RETRY_S must be a number of seconds, "
-                            f"got {text!r}") from None
-    if not value >= 0:
-        raise TrackingError(f"FMBENCH_TRACKING_RETRY_S must be >= 0, got {text!r}")
-    return value
+    return env_seconds("FMBENCH_TRACKING_RETRY_S", 120.0, error=TrackingError, allow_zero=True)
 
 
 PERMANENT = ("database disk image is malformed", "file is not a database",
