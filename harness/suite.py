@@ -29,6 +29,7 @@ from harness.evaluate import EvalConfig
 from harness.likelihood import resolve_divergence
 from harness.methods import METHODS, build_method, method_options
 from harness.models import MODELS, build_model, model_options
+from harness.models.embedding import check_time_scale
 from harness.train import TrainConfig
 from harness.trial import MODEL_PRESETS, TrialSpec
 
@@ -505,6 +506,9 @@ def _models(c: _Check, raw: Any, datasets) -> dict[str, tuple[str, dict[str, Any
                    f"not {kind}")
         valid = {k: v for k, v in model_options(name).items() if v is not inspect.Parameter.empty}
         options = _options(c, entry, ("name",), valid, path, f"model {name!r}")
+        if "time_scale" in options:  # checked here: datasets without a declared shape build none
+            c.build(check_time_scale, {"value": options["time_scale"], "model": name},
+                    path + ("time_scale",))
         out[kind] = (name, {**valid, **MODEL_PRESETS.get(name, {}), **options})
     for d in datasets:  # build on the meta device (no memory) where a dataset declares its shape
         shape, kind = DATASETS.entry(d.name).meta.get("shape"), DATASETS.entry(d.name).meta["kind"]

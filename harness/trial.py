@@ -18,7 +18,7 @@ from harness import SCIENCE_VERSION, __version__
 from harness.datasets import DATASETS, Dataset, load_dataset
 from harness.evaluate import EvalConfig, EvalResult, evaluate
 from harness.methods import METHODS, build_method, default_method_options
-from harness.models import MODELS, build_model, default_model_for
+from harness.models import MODELS, build_model, default_model_for, model_options as model_defaults
 from harness.checkpoint import load_checkpoint, write_text_atomic
 from harness.errors import CheckpointError
 from harness.methods import Method
@@ -86,7 +86,9 @@ def resolve(spec: TrialSpec, dataset: Dataset) -> tuple[TrialSpec, dict[str, Any
     MODELS.entry(model)
     method_options = {**default_method_options(spec.method, dataset.train, dataset.is_image),
                       **spec.method_options}
-    model_options = {**MODEL_PRESETS.get(model, {}), **spec.model_options}
+    # Every option recorded, defaults included (time_scale, ...), as suites resolve them.
+    model_options = {**model_defaults(model), **MODEL_PRESETS.get(model, {}),
+                     **spec.model_options}
     resolved = replace(spec, model=model, method_options=method_options, model_options=model_options,
                        train=replace(spec.train, seed=spec.seed), eval=replace(spec.eval, seed=spec.seed))
     method = build_method(resolved.method, **method_options)

@@ -18,7 +18,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from harness.errors import ConfigError
-from harness.models.embedding import TimeEmbedding, batch_times
+from harness.models.embedding import (DEFAULT_TIME_SCALE, TimeEmbedding, batch_times,
+                                      check_time_scale)
 
 
 def group_count(channels: int, groups: int) -> int:
@@ -128,6 +129,8 @@ class UNet(nn.Module):
     dropout: dropout probability inside residual blocks (0.1 in DDPM's CIFAR-10 model).
     num_heads: attention heads; must divide the width of every attended level.
     groups: GroupNorm groups, lowered to the largest divisor of each width.
+    time_scale: multiplier of t before the sinusoidal code (1: t's own scale; 1000: DDPM's
+        convention, which makes fields wiggle in t; see :mod:`harness.models.embedding`).
 
     The final conv starts at zero, so the untrained network is the zero field; this keeps early
     velocities/noise predictions small and the first losses near the target's variance.
@@ -138,7 +141,8 @@ class UNet(nn.Module):
     def __init__(self, data_shape: tuple[int, ...], channels: int = 64,
                  channel_mult: Sequence[int] = (1, 2, 2), num_res_blocks: int = 2,
                  attention_resolutions: Sequence[int] = (16,), dropout: float = 0.0,
-                 num_heads: int = 4, groups: int = 32) -> None:
+                 num_heads: int = 4, groups: int = 32,
+                 time_scale: float = DEFAULT_TIME_SCALE) -> None:
         super().__init__()
         data_shape = tuple(data_shape)
         channel_mult = tuple(channel_mult)
@@ -153,6 +157,7 @@ class UNet(nn.Module):
                 raise ConfigError(f"unet option {name} must be a positive integer, got {value!r}")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"unet option dropout must be in [0, 1), got {dropout!r}")
+        time_scale = check_time_scale(time_scale, "unet")
         c_in, height, width = data_shape
         self.data_shape = data_shape
         emb_dim = 4 * channels
@@ -161,7 +166,7 @@ class UNet(nn.Module):
             attn = SelfAttention(o, num_heads, groups) if min(size) in attn_res else None
             return Block(ResBlock(i, o, emb_dim, dropout, groups), attn)
 
-        self.time_embed = TimeEmbedding(channels, emb_dim)
+        self.time_embed = TimeEmbedding(channels, emb_dim, time_scale)
         self.conv_in = nn.Conv2d(c_in, channels, 3, padding=1)
 
         self.down = nn.ModuleList()
