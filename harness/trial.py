@@ -136,6 +136,8 @@ def train_trial(prep: PreparedTrial, out_dir: str | Path, *, device: torch.devic
     ``parallel``: this process's rank of a data-parallel run (rank 0 writes the files)."""
     out = Path(out_dir)
     config = out / "config.json"
+    if (out / CHECKPOINT_NAME).exists() and config.exists():
+        _check_same_network(out, json.loads(config.read_text()), prep.config)
     if parallel.main and (not (out / CHECKPOINT_NAME).exists() or not config.exists()):
         # A resumed run keeps the config it started with: a mismatched rerun fails on the
         # checkpoint without overwriting what describes the finished work.
@@ -144,6 +146,18 @@ def train_trial(prep: PreparedTrial, out_dir: str | Path, *, device: torch.devic
                                              indent=2, default=str))
     return train(prep.method, prep.dataset, prep.new_network(), prep.spec.train, device=device,
                  checkpoint_dir=out, progress=progress, on_eval=on_eval, parallel=parallel)
+
+
+def _check_same_network(out: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose network means something else: same weight shapes but another
+    science version or model option (e.g. a time_scale-1000 checkpoint from science version 2)
+    would load silently and give wrong numbers."""
+    fields = ("science_version", "model", "model_options")
+    was, now = ({k: c.get(k) for k in fields} for c in (old, new))
+    if json.dumps(was, sort_keys=True, default=str) != json.dumps(now, sort_keys=True, default=str):
+        raise CheckpointError(f"checkpoint {out / CHECKPOINT_NAME} was written for another network "
+                              f"(science_version {was['science_version']}, model_options "
+                              f"{was['model_options']}); remove {out} or choose another --out")
 
 
 def load_trained(prep: PreparedTrial, out_dir: str | Path,

@@ -15,14 +15,14 @@ import torch
 
 from harness import SCIENCE_VERSION
 from harness.datasets import load_dataset
-from harness.errors import ConfigError
+from harness.errors import CheckpointError, ConfigError
 from harness.evaluate import sample
 from harness.methods import build_method
 from harness.models import build_model, model_options
 from harness.models.embedding import DEFAULT_TIME_SCALE, MAX_PERIOD, sinusoidal_embedding
 from harness.suite import SuiteError, load_suite, science_config, trial_key
 from harness.train import TrainConfig, train
-from harness.trial import TrialSpec, resolve
+from harness.trial import TrialSpec, prepare, resolve, train_trial
 
 TOL = 1e-5  # the paper's dopri5 tolerance, the harness default (README, "What a trial measures")
 UNTRAINED_NFE_BOUND = 40  # measured 20 with the default, >= 104 with time_scale = 1000
@@ -160,3 +160,18 @@ def test_time_scale_is_in_the_trial_key_and_the_resolved_config(tmp_path):
     # fmbench trial (no model options given) records the default in config.json's model_options.
     _, config = resolve(TrialSpec("fm-ot", "8gaussians"), load_dataset("8gaussians", seed=0))
     assert json.loads(json.dumps(config))["model_options"]["time_scale"] == 1.0
+
+
+def test_a_checkpoint_of_the_old_time_code_is_not_resumed(tmp_path):
+    """Same weight shapes, other time code: loading it would silently give wrong numbers."""
+    prep = prepare(TrialSpec("fm-ot", "8gaussians", train=TrainConfig(steps=1)))
+    old = {**prep.config, "science_version": "2",
+           "model_options": {k: v for k, v in prep.config["model_options"].items()
+                             if k != "time_scale"}}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    written = (tmp_path / "config.json").read_text()
+    (tmp_path / "checkpoint.pt").write_bytes(b"never read")
+    with pytest.raises(CheckpointError, match="written for another network") as info:
+        train_trial(prep, tmp_path)
+    assert "\n" not in str(info.value) and "science_version 2" in str(info.value)
+    assert (tmp_path / "config.json").read_text() == written  # left as it was
