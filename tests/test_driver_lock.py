@@ -257,7 +257,8 @@ def test_no_ray_cluster_is_one_line_and_creates_no_runs(tmp_path, case):
     if case == "silent":
         assert errors[0].endswith("within 3 s")
     if case == "auto":
-        assert errors[0].endswith("Could not find any running Ray instance")
+        # Ray says it found none, unless its own search outlasts the timeout on a busy machine.
+        assert errors[0].endswith(("Could not find any running Ray instance", "within 3 s"))
     assert "Traceback" not in proc.stderr
     assert _runs(uri, "noray", "invocation") == [] and _runs(uri, "noray", "trial") == []
     assert seconds < 60

@@ -199,11 +199,16 @@ def test_ctrl_c_during_the_swap_waits_for_it_to_finish(store, tmp_path, monkeypa
         real(src, dst)
 
     monkeypatch.setattr(render.os, "rename", rename)
-    with pytest.raises(KeyboardInterrupt):
-        build_report(suite, uri, out, log=False)
+    # Python's own Ctrl-C handler, whatever an earlier test (Ray Train's trainer) installed.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            build_report(suite, uri, out, log=False)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert out.stat().st_ino != first  # the new report, whole, and nothing left beside it
     _check_report(out)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_unusable_out_paths_are_one_line_each(store, tmp_path, monkeypatch, capsys):

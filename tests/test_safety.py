@@ -58,7 +58,10 @@ def test_yaml_loader_is_safe_and_imports_only_in_the_restricted_unpickler():
     from harness.datasets import images
     from harness.suite import _Loader
 
-    assert issubclass(_Loader, yaml.SafeLoader)
+    # SafeLoader or libyaml's CSafeLoader: both construct through SafeConstructor only, never
+    # FullConstructor (whose subclasses build arbitrary Python objects).
+    assert issubclass(_Loader, yaml.constructor.SafeConstructor)
+    assert not issubclass(_Loader, yaml.constructor.FullConstructor)
     # The one import by name finds numpy's own reconstruction helpers; the CIFAR unpickler resolves
     # nothing outside its allow-list, which holds no callable that can run code.
     assert all(module.startswith(("numpy", "_codecs", "builtins"))
