@@ -2,7 +2,7 @@
 solvers take few steps (issue 13 §1); ``time_scale`` is a recorded model option in the trial key.
 
 Thresholds come from measurements on this code (dopri5, atol = rtol = 1e-5): untrained networks take
-20 evaluations with the default and 104-380 with time_scale = 1000; a 300-step fm-ot MLP on
+20 evaluations with the default and 104-302 with time_scale = 1000; a 300-step fm-ot MLP on
 8gaussians takes 38-44 against 296-356, and its mean |dv/dt| / |v| over t in [0, 0.9] is ~5 against
 15-22. Each test also checks that time_scale = 1000 fails its bound, so the bound can catch a
 regression to the old code.
