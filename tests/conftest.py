@@ -60,3 +60,15 @@ def mlflow_uri(tmp_path_factory):
 
     with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
         yield uri
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, for modules of small nets and solves (``pytestmark =
+    pytest.mark.usefixtures("one_thread")``): on shared CPUs threading only costs them time (a
+    1 s training took 20 s with two threads on a busy 2-core machine), and one thread is
+    deterministic."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

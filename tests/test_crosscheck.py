@@ -39,14 +39,7 @@ def peer(module: str):
         pytest.skip(f"{module} is not installed ({hint}); CI fails here")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these small nets and solves only lose time to threading on shared
-    CPUs (the training below took 20 s instead of 1 s with two threads on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TRAINED: dict[str, tuple[MLP, torch.Tensor]] = {}

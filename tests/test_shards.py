@@ -17,13 +17,7 @@ from harness.shards import (chunk_seed, combine, evaluate_parts, evaluate_shard,
 from harness.trial import TrialSpec, prepare
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these small solves only lose time to threading on shared CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- standard errors -----------------------------------------------------------------------------

@@ -30,13 +30,7 @@ TRAINED_NFE_BOUND = 80  # measured 38-44 with the default, 296-356 with time_sca
 ROUGHNESS_BOUND = 10.0  # mean |dv/dt| / |v|: measured ~5 with the default, 15-22 with 1000
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small solves on one thread: faster than contending for the cores, and deterministic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dopri5_nfe(net, noise):
