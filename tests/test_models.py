@@ -205,3 +205,27 @@ def test_time_embedding_shapes_and_scale():
     assert batch_times(0.1, 4, torch.zeros(1)).shape == (4,)
     with pytest.raises(ValueError):
         batch_times(torch.zeros(3), 4, torch.zeros(1))
+
+
+def test_num_head_channels_sets_heads_per_width_as_adm():
+    """Lipman et al. (2022) Table 3 gives heads of 64 channels: each attention layer then has
+    width // 64 heads, whatever num_heads says (ADM's num_head_channels)."""
+    model = build_model("unet", (1, 8, 8), channels=16, groups=8, channel_mult=(1, 2),
+                        attention_resolutions=(8, 4), num_heads=1, num_head_channels=8)
+    heads = sorted((m.qkv.in_channels, m.num_heads) for m in model.modules()
+                   if isinstance(m, SelfAttention))
+    assert heads and all(width // 8 == n for width, n in heads)
+    assert {n for _, n in heads} == {2, 4}
+    # Same weights, different head split: a different function, so the option is not cosmetic.
+    torch.manual_seed(0)
+    x, t = torch.randn(2, 1, 8, 8), torch.rand(2)
+    one_head = build_model("unet", (1, 8, 8), channels=16, groups=8, channel_mult=(1, 2),
+                           attention_resolutions=(8, 4), num_heads=1)
+    torch.nn.init.normal_(model.conv_out.weight)  # the output conv starts at zero
+    one_head.load_state_dict(model.state_dict())
+    assert not torch.allclose(model(x, t), one_head(x, t))
+    with pytest.raises(ConfigError, match="num_head_channels=12 must divide"):
+        build_model("unet", (1, 8, 8), channels=16, groups=8, attention_resolutions=(8,),
+                    num_head_channels=12)
+    with pytest.raises(ConfigError, match="num_head_channels must be a positive integer"):
+        build_model("unet", (1, 8, 8), channels=16, num_head_channels=0)

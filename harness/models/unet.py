@@ -63,9 +63,15 @@ class ResBlock(nn.Module):
 class SelfAttention(nn.Module):
     """x + MultiHeadAttention over the H*W positions; x: (B, C, H, W) -> same shape."""
 
-    def __init__(self, channels: int, num_heads: int, groups: int) -> None:
+    def __init__(self, channels: int, num_heads: int, groups: int,
+                 num_head_channels: int | None = None) -> None:
         super().__init__()
-        if channels % num_heads:
+        if num_head_channels is not None:
+            if channels % num_head_channels:
+                raise ConfigError(f"unet option num_head_channels={num_head_channels} must divide "
+                                  f"every attended width, but not {channels}")
+            num_heads = channels // num_head_channels
+        elif channels % num_heads:
             raise ConfigError(f"unet option num_heads={num_heads} must divide every attended "
                               f"width, but not {channels}")
         self.num_heads = num_heads
@@ -128,6 +134,9 @@ class UNet(nn.Module):
         purely convolutional network.
     dropout: dropout probability inside residual blocks (0.1 in DDPM's CIFAR-10 model).
     num_heads: attention heads; must divide the width of every attended level.
+    num_head_channels: channels per attention head (ADM's option, Dhariwal & Nichol 2021); when
+        set, each attention layer has ``width // num_head_channels`` heads and ``num_heads`` is
+        unused. Lipman et al. (2022), Table 3: 64 for every image dataset.
     groups: GroupNorm groups, lowered to the largest divisor of each width.
     time_scale: multiplier of t before the sinusoidal code (1: t's own scale; 1000: DDPM's
         convention, which makes fields wiggle in t; see :mod:`harness.models.embedding`).
@@ -141,7 +150,7 @@ class UNet(nn.Module):
     def __init__(self, data_shape: tuple[int, ...], channels: int = 64,
                  channel_mult: Sequence[int] = (1, 2, 2), num_res_blocks: int = 2,
                  attention_resolutions: Sequence[int] = (16,), dropout: float = 0.0,
-                 num_heads: int = 4, groups: int = 32,
+                 num_heads: int = 4, num_head_channels: int | None = None, groups: int = 32,
                  time_scale: float = DEFAULT_TIME_SCALE) -> None:
         super().__init__()
         data_shape = tuple(data_shape)
@@ -155,6 +164,10 @@ class UNet(nn.Module):
                             ("num_heads", num_heads), ("groups", groups)):
             if int(value) != value or value < 1:
                 raise ConfigError(f"unet option {name} must be a positive integer, got {value!r}")
+        if num_head_channels is not None and (int(num_head_channels) != num_head_channels
+                                              or num_head_channels < 1):
+            raise ConfigError("unet option num_head_channels must be a positive integer or null, "
+                              f"got {num_head_channels!r}")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"unet option dropout must be in [0, 1), got {dropout!r}")
         time_scale = check_time_scale(time_scale, "unet")
@@ -163,7 +176,7 @@ class UNet(nn.Module):
         emb_dim = 4 * channels
 
         def block(i: int, o: int, size: tuple[int, int]) -> Block:
-            attn = SelfAttention(o, num_heads, groups) if min(size) in attn_res else None
+            attn = SelfAttention(o, num_heads, groups, num_head_channels) if min(size) in attn_res else None
             return Block(ResBlock(i, o, emb_dim, dropout, groups), attn)
 
         self.time_embed = TimeEmbedding(channels, emb_dim, time_scale)
@@ -190,7 +203,7 @@ class UNet(nn.Module):
         # pixel a global view even when no listed resolution occurs in this network.
         self.mid = nn.ModuleList([
             Block(ResBlock(ch, ch, emb_dim, dropout, groups),
-                  SelfAttention(ch, num_heads, groups) if attn_res else None),
+                  SelfAttention(ch, num_heads, groups, num_head_channels) if attn_res else None),
             Block(ResBlock(ch, ch, emb_dim, dropout, groups), None),
         ])
 
