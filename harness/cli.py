@@ -13,6 +13,7 @@ EXAMPLES = """\
 Examples:
   fmbench run suites/smoke.yaml
   fmbench plan suites/smoke.yaml
+  fmbench plan suites/paper-cifar10.yaml --json
   fmbench status suites/smoke.yaml
   fmbench ui
   fmbench list
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="print a suite's trial grid with keys and resources")
     p.add_argument("suite", help="path to a suite YAML file")
+    p.add_argument("--json", action="store_true",
+                   help="print every trial's fully resolved configuration as one JSON document "
+                        "(loads no data)")
 
     p = sub.add_parser("run", help="run a suite on Ray, tracked in MLflow",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -236,6 +240,12 @@ def cmd_plan(args) -> int:
     from harness.suite import load_suite
 
     suite = load_suite(args.suite)
+    if args.json:
+        from harness.plan import plan_json
+
+        for part in plan_json(suite):
+            print(part, end="")
+        return 0
     # Streamed: the column width comes from the longest parts, not from the built grid.
     width = (max(len(m.label) for m in suite.methods) + max(len(d.name) for d in suite.datasets)
              + max(len(str(s)) for s in suite.seeds) + 3)
