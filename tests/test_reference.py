@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import statistics
+import sys
 
 import pytest
 
@@ -17,6 +18,7 @@ from tests.test_benchmarks_training import ROOT, run_script
 
 spec = importlib.util.spec_from_file_location("reference", ROOT / "benchmarks" / "reference.py")
 reference = importlib.util.module_from_spec(spec)
+sys.modules["reference"] = reference  # dataclasses look their module up while the class is built
 spec.loader.exec_module(reference)
 
 COMMITTED = ROOT / reference.REFERENCE
