@@ -28,7 +28,8 @@ class EvalConfig:
     tol: atol = rtol of dopri5 for sampling NFE and NLL (the paper's 1e-5).
     samples: dopri5 samples drawn for NFE and sample quality.
     nll_samples: held-out examples whose likelihood is computed (all if larger than the test set).
-    dequant_draws: K uniform dequantization draws per image; bits/dim is averaged over them.
+    dequant_draws: K uniform dequantization draws per image; bits/dim is the importance-weighted
+        estimate -log2 (1/K) sum_k p(n + u_k) / D (the paper's App. E.2), tighter as K grows.
     divergence: "auto" (exact up to 16 dims), "exact" or "hutchinson".
     solvers, nfe_budgets: the fixed-step grid of the numerical-error curve (budget = steps x stages;
         budgets below one step of a solver are skipped).
@@ -183,8 +184,8 @@ def evaluate_sampling(method, net, dataset, cfg, device) -> tuple[dict[str, floa
 
 
 def evaluate_likelihood(method, net, dataset, cfg, device) -> dict[str, float]:
-    """NLL of held-out data: nats per example (continuous) or bits/dim averaged over K draws,
-    with its standard error over examples, and the NFE of the likelihood solves."""
+    """NLL of held-out data: nats per example (continuous) or importance-weighted bits/dim over K
+    draws, with its standard error over examples, and the NFE of the likelihood solves."""
     return _parts(method, net, dataset, cfg, device, "likelihood")[0].metrics
 
 

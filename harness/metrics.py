@@ -35,14 +35,15 @@ def _metric(name: str, display: str, unit: str, summary: str, lower_is_better: b
 
 
 _metric("nll", "NLL", "nats", "negative log-likelihood of held-out continuous data, per example")
-_metric("bpd", "NLL", "bits/dim", "negative log-likelihood of held-out discrete data (dequantized)")
+_metric("bpd", "NLL", "bits/dim", "negative log-likelihood of held-out discrete data "
+        "(importance-weighted over the dequantization draws)")
 _metric("nfe", "NFE", "evaluations", "network evaluations to sample with dopri5 at the tolerance")
 _metric("nll_nfe", "NFE (NLL)", "evaluations", "network evaluations of the likelihood solve")
 # Standard errors (<name>_se, same unit as <name>): NLL over held-out examples; NFE over batch
 # solves, the independent unit (all samples of a batch share dopri5's step sequence).
 _metric("nll_se", "NLL s.e.", "nats", "standard error of nll over held-out examples")
 _metric("bpd_se", "NLL s.e.", "bits/dim", "standard error of bpd over held-out images "
-        "(each averaged over its dequantization draws)")
+        "(each one importance-weighted estimate over its dequantization draws)")
 _metric("nfe_se", "NFE s.e.", "evaluations", "standard error of nfe over batch solves")
 _metric("nll_nfe_se", "NFE (NLL) s.e.", "evaluations",
         "standard error of nll_nfe over likelihood solves")

@@ -11,7 +11,8 @@ metrics combine exactly.
 Parts (each a registered evaluation step, :data:`PARTS`):
 
 - ``sampling``: dopri5 samples at ``tol`` -> NFE per batch solve, W2/MMD of 2-D data, figure samples;
-- ``likelihood``: NLL of held-out examples (bits/dim averaged over the K dequantization draws);
+- ``likelihood``: NLL of held-out examples (bits/dim: the importance-weighted estimate over the K
+  dequantization draws, :func:`harness.likelihood.importance_weighted_bits_per_dim`);
 - ``error``: fixed-step solutions vs the float64 dopri5 reference, per sample and (solver, budget);
 - ``fid``: features of ``fid_samples`` dopri5 samples; ``fid_curve``: features of
   ``fid_nfe_samples`` samples of one (solver, budget) point (FID against NFE); both use the same
@@ -37,7 +38,7 @@ from harness.errors import HarnessError
 from harness.evaluate import (EvalConfig, EvalResult, ErrorPoint, FIDPoint, Trajectories, sample,
                               evaluate_trajectories)
 from harness.fid import ReferenceStats
-from harness.likelihood import bits_per_dim, log_likelihood
+from harness.likelihood import importance_weighted_bits_per_dim, log_likelihood
 from harness.methods import Method
 from harness.metrics import mmd2, wasserstein2
 from harness.registry import Registry
@@ -97,7 +98,8 @@ class ShardResult:
 
     batch_sizes, nfe: examples and counted network evaluations of every solve (likelihood: one per
         dequantization draw and batch).
-    values: likelihood only, (n,) float64 NLL per example (nats, or bits/dim averaged over draws).
+    values: likelihood only, (n,) float64 NLL per example (nats, or importance-weighted bits/dim
+        over the K dequantization draws).
     errors: error part only, one entry per (solver, budget) in the config's order.
     features: FID parts only, (n, F) float32 extractor features of the shard's samples in order
         (clean-fid's extractors output float32, so nothing is lost).
@@ -203,21 +205,24 @@ def _sampling(job: _Job) -> ShardResult:
 
 
 def _likelihood(job: _Job) -> ShardResult:
+    """Per example: -log p in nats (continuous data), or the importance-weighted bits/dim of the
+    chunk's K dequantization draws (discrete data; one log-density solve per draw)."""
     ds, cfg = job.dataset, job.cfg
     draws = cfg.dequant_draws if ds.is_discrete else 1
     sizes, counts, per_example = [], [], []
     for start, n, gen in job.chunks():
         batch = ds.test[start:start + n]
-        total = torch.zeros(n, dtype=torch.float64)
+        log_probs = []
         for _ in range(draws):  # draws of one chunk share its generator: fixed by the chunk alone
             x = ds.to_model_space(batch, gen).to(job.device)
             res = log_likelihood(job.method, job.net, x, divergence=cfg.divergence, atol=cfg.tol,
                                  rtol=cfg.tol, generator=gen)
-            lp = res.log_prob.double().cpu()
-            total += bits_per_dim(lp, ds.dim, ds.levels) if ds.is_discrete else -lp
+            log_probs.append(res.log_prob.double().cpu())
             sizes.append(n)
             counts.append(res.nfe)
-        per_example.append(total / draws)
+        lp = torch.stack(log_probs)  # (K, n)
+        per_example.append(importance_weighted_bits_per_dim(lp, ds.dim, ds.levels)
+                           if ds.is_discrete else -lp[0])
     return ShardResult(job.shard, tuple(sizes), tuple(counts),
                        values=torch.cat(per_example).numpy())
 
