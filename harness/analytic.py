@@ -51,7 +51,9 @@ class GaussianData:
         """What a perfectly trained network of ``method`` outputs at (x, t)."""
         if method.prediction == "velocity":
             return self.velocity(method.path, t, x)
-        # epsilon networks output E[x0|x]; score networks output n with score = -n / sigma.
+        if method.prediction == "score" and getattr(method, "output", None) == "score":
+            return self.score(method.path, t, x)
+        # epsilon networks output E[x0|x]; scaled score networks output n with score = -n / sigma.
         return self.epsilon(method.path, t, x)
 
     def oracle(self, method: Method) -> nn.Module:

@@ -164,7 +164,7 @@ class VEPath(AffinePath):
     """Variance-exploding path: alpha_t = 1, sigma_t = s(1 - t), s(u) = s_min (s_max/s_min)^u.
 
     The prior is N(0, s_max^2 I) (Song & Ermon 2019; Song et al. 2021). s_max should be about the
-    largest pairwise distance in the data (50 for 32x32 images in [-1, 1]).
+    largest pairwise distance in the data (Song & Ermon 2020, Technique 1).
     """
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0) -> None:

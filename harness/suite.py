@@ -168,7 +168,7 @@ def science_config(spec: TrialSpec) -> dict[str, Any]:
     """Everything that can change a trial's numbers, and nothing else (hashed by trial_key).
 
     Method options are the ones the suite spells out: omitted ones take defaults at trial time, some
-    of them data-dependent (score-matching's sigma_max), so filling them in here could give two
+    of them data-dependent (score-matching-ve's sigma_max), so filling them in here could give two
     different trials one key. Model options are fully resolved (defaults carry no data dependence).
     """
     return {

@@ -84,7 +84,7 @@ def resolve(spec: TrialSpec, dataset: Dataset) -> tuple[TrialSpec, dict[str, Any
     METHODS.entry(spec.method)
     model = spec.model or default_model_for(dataset.shape)
     MODELS.entry(model)
-    method_options = {**default_method_options(spec.method, dataset.train, dataset.is_image),
+    method_options = {**default_method_options(spec.method, dataset, given=spec.method_options),
                       **spec.method_options}
     # Every option recorded, defaults included (time_scale, ...), as suites resolve them.
     model_options = {**model_defaults(model), **MODEL_PRESETS.get(model, {}),

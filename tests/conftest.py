@@ -20,7 +20,7 @@ def method_name(request):
 @pytest.fixture
 def method(method_name):
     # A modest VE prior keeps the Gaussian tests quick without changing what they check.
-    options = {"sigma_max": 5.0} if method_name == "score-matching" else {}
+    options = {"sigma_max": 5.0} if method_name == "score-matching-ve" else {}
     return build_method(method_name, **options)
 
 

@@ -35,12 +35,12 @@ def test_trajectory_states_follow_the_exact_flow(method):
 def test_every_method_starts_from_the_same_noise():
     cfg = EvalConfig(tol=1e-3, trajectory_samples=4, seed=3)
     starts = {}
-    for name in ("fm-ot", "ddpm", "score-matching"):
-        m = build_method(name, **({"sigma_max": 5.0} if name == "score-matching" else {}))
+    for name in ("fm-ot", "ddpm", "score-matching-ve"):
+        m = build_method(name, **({"sigma_max": 5.0} if name == "score-matching-ve" else {}))
         paths = evaluate_trajectories(m, DATA.oracle(m), DATASET, cfg, "cpu")
         starts[name] = paths.states[0] / m.path.prior_std
     torch.testing.assert_close(starts["fm-ot"], starts["ddpm"])
-    torch.testing.assert_close(starts["fm-ot"], starts["score-matching"])
+    torch.testing.assert_close(starts["fm-ot"], starts["score-matching-ve"])
     other = evaluate_trajectories(build_method("fm-ot"), DATA.oracle(build_method("fm-ot")),
                                   DATASET, EvalConfig(tol=1e-3, trajectory_samples=4,
                                                       trajectory_seed=1), "cpu")

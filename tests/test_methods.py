@@ -7,6 +7,7 @@ from scipy import stats
 from scipy.optimize import linear_sum_assignment
 
 from harness.analytic import GaussianData
+from harness.datasets import Dataset
 from harness.errors import ConfigError, UnknownNameError
 from harness.methods import (METHODS, ScorePrediction, build_method, default_method_options,
                              exact_ot_coupling)
@@ -20,9 +21,9 @@ def _points(n=256, seed=3):
     return torch.randn(n, 2, generator=g, dtype=torch.float64) * 1.5
 
 
-def test_registry_has_the_seven_methods():
+def test_registry_has_the_eight_methods():
     assert set(METHODS.names()) == {"fm-ot", "rectified-flow", "ot-cfm", "fm-diffusion", "ddpm",
-                                    "score-matching", "scoreflow"}
+                                    "score-matching", "score-matching-ve", "scoreflow"}
     for entry in METHODS.entries():
         assert entry.meta["family"] in ("baseline", "flow-matching") and entry.meta["display"]
 
@@ -37,8 +38,9 @@ def test_converted_velocity_equals_closed_form(method):
                                    rtol=1e-8, atol=1e-8)
 
 
-def test_score_parameterization_recovers_score():
-    m = build_method("scoreflow")
+@pytest.mark.parametrize("name", ["scoreflow", "score-matching", "score-matching-ve"])
+def test_score_parameterization_recovers_score(name):
+    m = build_method(name, **({"sigma_max": 5.0} if name == "score-matching-ve" else {}))
     x = _points()
     t = torch.full((x.shape[0],), 0.4, dtype=torch.float64)
     torch.testing.assert_close(m.score(DATA.network_output(m, t, x), x, t), DATA.score(m.path, t, x))
@@ -127,7 +129,7 @@ def test_exact_ot_coupling_is_optimal_permutation():
 
 
 def test_prior_log_prob_matches_scipy():
-    m = build_method("score-matching", sigma_max=3.0)
+    m = build_method("score-matching-ve", sigma_max=3.0)
     x = torch.randn(10, 4, dtype=torch.float64)
     expected = stats.norm(0, 3.0).logpdf(x.numpy()).sum(1)
     np.testing.assert_allclose(m.prior_log_prob(x).numpy(), expected, rtol=1e-12)
@@ -143,13 +145,16 @@ def test_bad_names_and_options_are_clear():
         build_method("ot-cfm", sigma_min=1.0)
     with pytest.raises(ConfigError, match="VP path only"):
         ScorePrediction(VEPath(), weighting="likelihood")
+    with pytest.raises(ConfigError, match="valid: score, scaled"):
+        ScorePrediction(VEPath(), output="noise")
 
 
 def test_ve_sigma_max_defaults_to_data_diameter():
-    data = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0]])
-    assert default_method_options("score-matching", data, is_image=False) == {"sigma_max": 5.0}
-    assert default_method_options("score-matching", data, is_image=True) == {}
-    assert default_method_options("fm-ot", data, is_image=False) == {}
+    data = Dataset("three", torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0]]), torch.zeros(1, 2))
+    assert default_method_options("score-matching-ve", data) == {"sigma_max": 5.0}
+    assert default_method_options("score-matching-ve", data, given={"sigma_max": 2.0}) == {}
+    for name in ("fm-ot", "score-matching", "scoreflow"):
+        assert default_method_options(name, data) == {}
 
 
 def test_loss_is_the_mean_of_its_losses_on_equal_row_blocks(method):

@@ -217,18 +217,18 @@ def test_diverging_trial_fails_with_its_reason_and_the_report_shows_it(ray_clust
     """VE with sigma_max = 1e30 overflows float32 at once: a real NaN loss from a suite setting."""
     from harness.report import build_report
 
-    methods = "[fm-ot, {name: score-matching, sigma_max: 1.0e+30}]"
+    methods = "[fm-ot, {name: score-matching-ve, sigma_max: 1.0e+30}]"
     path = _write(tmp_path, "diverges", methods=methods, steps=60, every=20, cpus=1)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = io.StringIO()
     summary = run_suite(load_suite(path), tracking_uri=uri, stream=out)
     assert summary.count("finished") == 1 and summary.count("failed") == 1
     runs = {r.data.tags["fmbench.method"]: r for r in _all_trial_runs(uri, "diverges")}
-    failed, ok = runs["score-matching"], runs["fm-ot"]
+    failed, ok = runs["score-matching-ve"], runs["fm-ot"]
     assert ok.info.status == "FINISHED" and failed.info.status == "FAILED"
     reason = failed.data.tags["fmbench.failure"]
     assert reason.startswith("DivergenceError: training loss became nan between steps 1 and 10")
-    assert "score-matching-moons-s0 failed: DivergenceError" in out.getvalue()
+    assert "score-matching-ve-moons-s0 failed: DivergenceError" in out.getvalue()
 
     report = build_report(path, uri, tmp_path / "report")
     assert "1 failed" in report.status.banner()
