@@ -1,5 +1,5 @@
 """The README's commands, run as written: the first command from the root of a fresh clone (slow:
-the smoke suite trains 21 trials), then the report to relative, ``./``, ``../`` and ``~/`` folders,
+the smoke suite trains 24 trials), then the report to relative, ``./``, ``../`` and ``~/`` folders,
 and its cheap example commands from the repository root. Commands are parsed from README.md's
 fenced blocks, so editing the README changes what is tested."""
 
@@ -85,10 +85,10 @@ def test_readme_validate_plan_list_and_trial_help(cheap):
     _, ran = cheap
     for name in ("validate", "plan", "list", "trial --help"):
         assert ran[name][1].returncode == 0, _shown(ran[name][1])
-    assert ran["validate"][1].stdout.strip() == "suites/smoke.yaml: ok (21 trials)"
+    assert ran["validate"][1].stdout.strip() == "suites/smoke.yaml: ok (24 trials)"
     plan = ran["plan"][1].stdout.splitlines()
-    assert plan[0] == "suite smoke: 21 trials (7 methods x 3 datasets x 1 seeds)"
-    assert len(plan) == 2 + 21 and plan[2].startswith("fm-ot-8gaussians-s0 ")
+    assert plan[0] == "suite smoke: 24 trials (8 methods x 3 datasets x 1 seeds)"
+    assert len(plan) == 2 + 24 and plan[2].startswith("fm-ot-8gaussians-s0 ")
     listing = ran["list"][1].stdout
     assert all(f"{family}:" in listing for family in ("methods", "datasets", "solvers", "metrics"))
     assert "  fm-ot " in listing and "  moons " in listing
@@ -149,7 +149,7 @@ def test_readme_first_command_from_a_fresh_clone(tmp_path):
     assert (clone / "mlflow.db").is_file()
     assert (clone / "reports" / "smoke" / "index.html").is_file()
     assert proc.stdout.strip().splitlines()[-1] == str(clone / "reports" / "smoke" / "index.html")
-    assert "21 finished, 0 failed" in proc.stdout
+    assert "24 finished, 0 failed" in proc.stdout
 
     for out, where in (("rep1", clone / "rep1"), ("./rep2", clone / "rep2"),
                        (f"../{clone.name}-rep3", tmp_path / f"{clone.name}-rep3"),

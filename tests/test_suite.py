@@ -43,8 +43,8 @@ def one_key(tmp_path, extra, name="s.yaml"):
 def test_smoke_suite_is_every_method_on_two_datasets():
     suite = load_suite(SUITES / "smoke.yaml")
     trials = suite.trials()
-    assert len(trials) == 21
-    assert len({t.key for t in trials}) == 21
+    assert len(trials) == 24
+    assert len({t.key for t in trials}) == 24
     assert {t.method.name for t in trials} == set(METHODS.names())
     assert {t.dataset.name for t in trials} == {"8gaussians", "moons", "circles"}
     assert trials[0].name == "fm-ot-8gaussians-s0" and trials[1].name == "fm-ot-moons-s0"
