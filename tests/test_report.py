@@ -76,9 +76,11 @@ def _png(path: Path, colour: str) -> Path:
     return path
 
 
-def fill_store(tmp: Path, uri: str | None = None) -> tuple[str, object, dict]:
+def fill_store(tmp: Path, uri: str | None = None, *, fid: str = "fid_classifier",
+               fid_mode=lambda trial: "clean") -> tuple[str, object, dict]:
     """Write the suite file and its runs (into ``uri``, by default a new SQLite store in ``tmp``);
-    returns (uri, suite, {trial name: run id})."""
+    returns (uri, suite, {trial name: run id}). Digits log ``fid`` (the metric's name), computed
+    with the clean-fid mode ``fid_mode(trial)`` as each run's params record it."""
     suite_path = tmp / "reptest.yaml"
     suite_path.write_text(SUITE)
     suite = load_suite(suite_path)
@@ -97,7 +99,9 @@ def fill_store(tmp: Path, uri: str | None = None) -> tuple[str, object, dict]:
                 "fmbench.train_node": "node-a"}
         r = client.create_run(exp, tags={**base, **(tags or {})}, run_name=name or trial.name)
         params = [Param("method", trial.method.name), Param("dataset", trial.dataset.name),
-                  Param("seed", str(trial.seed)), Param("eval.tol", "1e-05")]
+                  Param("seed", str(trial.seed)), Param("eval.tol", "1e-05"),
+                  Param("eval.fid_mode", fid_mode(trial)), Param("eval.fid_samples", "2000"),
+                  Param("eval.fid_nfe_samples", "500")]
         client.log_batch(r.info.run_id, metrics=[Metric(k, float(v), 0, int(s))
                                                  for k, v, s in metrics], params=params)
         if status == "FINISHED":
@@ -130,7 +134,7 @@ def fill_store(tmp: Path, uri: str | None = None) -> tuple[str, object, dict]:
             run(t, "FAILED", tags={"fmbench.failure": "OSError: disk full"})
             time.sleep(0.01)
         nll, quality, nfe = (MOONS if d == "moons" else DIGITS)[m]
-        nll_key, q_key = ("nll", "w2") if d == "moons" else ("bpd", "fid_classifier")
+        nll_key, q_key = ("nll", "w2") if d == "moons" else ("bpd", fid)
         metrics = [(f"final/{nll_key}", nll[s], 50), ("final/nfe", nfe[s], 50),
                    ("time/train_s", TRAIN_S, 50), ("final/eval_time", EVAL_S, 50)]
         if quality[s] is not None:
@@ -140,9 +144,9 @@ def fill_store(tmp: Path, uri: str | None = None) -> tuple[str, object, dict]:
         if d == "moons" and (m, s) in DURING:
             metrics += [("during/w2", v, st) for st, v in zip((100, 200, 300), DURING[m, s])]
         if d == "digits" and m == "fm-ot":
-            metrics += [("during/fid_classifier", 20.0 - st / 50, st) for st in (100, 200, 300)]
+            metrics += [(f"during/{fid}", 20.0 - st / 50, st) for st in (100, 200, 300)]
         if d == "digits" and m in ("fm-ot", "ddpm"):
-            metrics += [("fid_classifier_vs_nfe/euler", 30.0 / n, n) for n in (4, 8, 16)]
+            metrics += [(f"{fid}_vs_nfe/euler", 30.0 / n, n) for n in (4, 8, 16)]
         tags = {"fmbench.warnings": FID_WARNING} if quality[s] is None else None
         ids[t.name] = run(t, "FINISHED", metrics, tags)
     stale = suite.trials()[0]  # same trial, older settings: a key the suite no longer has
@@ -183,7 +187,8 @@ def test_status_counts_planned_trials_in_every_state(report):
 ROWS = ["DDPM", "Score Matching", "FM w/ Diffusion", "FM w/ OT"]  # baselines first, registry order
 COLUMNS = [("moons/nll", "NLL (nats) ↓", 2), ("moons/w2", "W2 (data units) ↓", 3),
            ("moons/nfe", "NFE ↓", 0), ("digits/bpd", "NLL (bits/dim) ↓", 2),
-           ("digits/fid_classifier", "FID (classifier) ↓", 2), ("digits/nfe", "NFE ↓", 0)]
+           ("digits/fid_classifier", "FID (digit classifier, clean, 2k) ↓", 2),
+           ("digits/nfe", "NFE ↓", 0)]
 METHOD = dict(zip(ROWS, ["ddpm", "score-matching", "fm-diffusion", "fm-ot"]))
 NOTES = (f"DDPM on digits, seed 2: finished without final/fid_classifier ({FID_WARNING})",
          f"Score Matching on digits, seed 0: failed: {SM_REASON}",

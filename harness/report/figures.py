@@ -9,6 +9,7 @@ with the Agg canvas: no pyplot state, no display.
 from __future__ import annotations
 
 import io
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ from harness.methods import METHODS
 from harness.report.curves import (CURVE_SEEDS, ERROR_SOLVER, Curves, during_key, error_key,
                                    vs_nfe_prefix)
 from harness.report.grid import Plan, display_name
-from harness.report.tables import dataset_metrics, final
+from harness.report.tables import dataset_metrics, final, quality_pipelines, quality_title
 from harness.solvers import SOLVERS
 
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -55,9 +56,14 @@ def palette(plan: Plan) -> dict[str, Style]:
     return out
 
 
-def _axis_label(metric: str) -> str:
+def _axis_label(frame: pd.DataFrame, dataset: str, metric: str,
+                samples: str = "fid_samples") -> str:
+    """The metric, with the FID pipeline(s) the dataset's runs recorded (``samples``: the eval
+    setting that counts the curve's generated samples) and the unit; wrapped, since a label of
+    mixed pipelines is longer than the axis."""
     spec = METRICS.get(metric)
-    return f"{spec.display} ({spec.unit})" if spec.unit else spec.display
+    title = quality_title(metric, quality_pipelines(frame, dataset, metric, samples))
+    return textwrap.fill(f"{title} ({spec.unit})" if spec.unit else title, 36)
 
 
 def _new(panels: int):
@@ -149,8 +155,9 @@ def efficiency_figure(plan: Plan, frame: pd.DataFrame, curves: Curves, dataset: 
     ax.set_ylabel("MSE per dim vs dopri5 at 1e-7")
     for ax in axes:
         ax.set_xlabel("NFE (network evaluations)")
-    for ax in axes[:-1]:
-        ax.set_ylabel(_axis_label(metrics.quality))
+    for ax in axes[:len(solvers)]:  # the FID-vs-NFE curves count fid_nfe_samples
+        ax.set_ylabel(_axis_label(frame, dataset, metrics.quality, "fid_nfe_samples"))
+    axes[len(solvers)].set_ylabel(_axis_label(frame, dataset, metrics.quality))
     _finish(fig, axes, plan, styles, shown)
     caption = (f"{dataset}: {METRICS.get(metrics.quality).display} against NFE "
                f"({'per fixed-step solver, ' if solvers else ''}dopri5 points: mean ± std over "
@@ -170,7 +177,7 @@ def training_figure(plan: Plan, frame: pd.DataFrame, curves: Curves, dataset: st
     axes[0].set_ylabel("loss (each method's own objective)")
     _curve(axes[1], curves, plan, styles, dataset, during_key(metrics), shown)
     axes[1].set_title(f"{METRICS.get(metrics.quality).display} during training")
-    axes[1].set_ylabel(_axis_label(metrics.quality))
+    axes[1].set_ylabel(_axis_label(frame, dataset, metrics.quality))
     for ax in axes:
         ax.set_xlabel("training step")
     _finish(fig, axes, plan, styles, shown)

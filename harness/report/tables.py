@@ -20,6 +20,9 @@ from harness.report.table import Cell, Column, Footnotes, Table, decimals_for, m
 
 QUALITY = ("fid", "fid_classifier", "w2")
 """Sample-quality metrics in order of preference: FID where images have it, W2 for 2-D data."""
+FEATURES = {"fid": "", "fid_classifier": "digit classifier"}
+"""FID metrics and the feature space their labels name (none: clean-fid's Inception)."""
+UNRECORDED = "pipeline not recorded"
 
 
 def final(metric: str) -> str:
@@ -51,6 +54,56 @@ def dataset_metrics(frame: pd.DataFrame, dataset: str) -> DatasetMetrics:
         ("bpd" if image else "nll")
     quality = next((q for q in QUALITY if _logged(rows, q)), "fid" if image else "w2")
     return DatasetMetrics(nll, quality)
+
+
+def _count(n: int) -> str:
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def fid_pipelines(frame: pd.DataFrame, samples: str = "fid_samples") -> pd.Series:
+    """Each run's FID pipeline as its params recorded it: the clean-fid mode and the generated
+    samples (``samples``: the eval setting that counts them), e.g. "legacy_tensorflow, 50k".
+    Read from the runs, never from the suite file, which may have changed since they ran."""
+    def param(name: str) -> pd.Series:
+        column = f"params.eval.{name}"
+        return frame[column] if column in frame else pd.Series(None, frame.index, object)
+
+    def one(mode, count) -> str:
+        if not isinstance(mode, str):
+            return UNRECORDED
+        n = int(float(count)) if isinstance(count, str) else 0
+        return f"{mode}, {_count(n)}" if n else mode
+
+    return pd.Series([one(m, c) for m, c in zip(param("fid_mode"), param(samples))],
+                     index=frame.index, dtype=object)
+
+
+def quality_title(metric: str, pipelines) -> str:
+    """A quality metric's label with the FID pipeline(s) behind it: "FID (legacy_tensorflow,
+    50k)", "FID (digit classifier, clean, 2k)"; several are all named, as mixed."""
+    if metric not in FEATURES:
+        return METRICS.get(metric).display
+    found = sorted(set(pipelines))
+    shown = found[0] if len(found) == 1 else "mixed pipelines: " + "; ".join(found) if found \
+        else ""
+    parts = [p for p in (FEATURES[metric], shown) if p]
+    base = METRICS.get("fid").display
+    return f"{base} ({', '.join(parts)})" if parts else base
+
+
+def _values(rows: pd.DataFrame, metric: str) -> tuple[pd.Series, pd.Series]:
+    """``final/<metric>`` of each row, and which rows a cell averages: finished with a value."""
+    value = rows[final(metric)] if final(metric) in rows else pd.Series(np.nan, index=rows.index)
+    return value, (rows["state"] == "finished") & value.notna()
+
+
+def quality_pipelines(frame: pd.DataFrame, dataset: str, metric: str,
+                      samples: str = "fid_samples") -> list[str]:
+    """The FID pipelines of a dataset's finished runs that logged the metric (empty for W2)."""
+    if metric not in FEATURES:
+        return []
+    rows = frame[frame["dataset"] == dataset]
+    return sorted(set(fid_pipelines(rows[_values(rows, metric)[1]], samples)))
 
 
 def _why(row: dict, metric: str) -> str:
@@ -92,7 +145,7 @@ def seed_notes(plan: Plan, rows: pd.DataFrame, metric: str) -> list[str]:
 def cells(frame: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
     """The trials of each (method label, dataset) in seed order, with only the columns a cell
     needs (rows of a few hundred params and tags are slow to walk)."""
-    keep = ["label", "dataset", "seed", "state", "reason", "tags.fmbench.warnings",
+    keep = ["label", "dataset", "seed", "state", "reason", "tags.fmbench.warnings", "pipeline",
             *(c for c in frame.columns if c.startswith("metrics.final/"))]
     slim = frame[[c for c in keep if c in frame.columns]].sort_values("seed", kind="stable")
     return {key: group for key, group in slim.groupby(["label", "dataset"], sort=False)}
@@ -108,24 +161,37 @@ def summarize(values: list[float]) -> tuple[float | None, float | None, int]:
 
 def comparison_table(plan: Plan, frame: pd.DataFrame) -> Table:
     """The comparison table: one data structure for every output format. Footnotes are numbered
-    in reading order (row by row)."""
+    in reading order (row by row).
+
+    An FID column's header names the pipeline (clean-fid mode, generated samples) its runs
+    recorded. Where a dataset's runs used several, each gets its own column and the caption says
+    so: FIDs of different pipelines differ by more than methods do, so they are never averaged
+    into one cell or ranked against each other (a per-cell label would still invite both)."""
     columns: list[Column] = []
     stats: list[list[tuple]] = [[] for _ in plan.labels]  # (mean, std, n) per row and column
     why: list[list[list[str]]] = [[] for _ in plan.labels]  # footnote texts per row and column
-    by_cell = cells(frame)
+    with_pipeline = frame.assign(pipeline=fid_pipelines(frame))
+    by_cell = cells(with_pipeline)
+    mixed = {}
     for dataset in plan.datasets:
         for metric in dataset_metrics(frame, dataset).columns:
             spec = METRICS.get(metric)
-            columns.append(Column(f"{dataset}/{metric}", spec.display,
-                                  "" if metric == "nfe" else spec.unit, dataset,
-                                  spec.lower_is_better))
-            for i, label in enumerate(plan.labels):
-                rows = by_cell.get((label, dataset), frame.iloc[:0])
-                value = rows[final(metric)] if final(metric) in rows else pd.Series(
-                    np.nan, index=rows.index)
-                ok = (rows["state"] == "finished") & value.notna()
-                stats[i].append(summarize(value[ok].tolist()))
-                why[i].append(seed_notes(plan, rows[~ok], metric))
+            found = quality_pipelines(frame, dataset, metric)
+            if len(found) > 1:
+                mixed[dataset] = found
+            for pipeline in found if len(found) > 1 else [None]:
+                key = f"{dataset}/{metric}" + (f" [{pipeline}]" if pipeline else "")
+                columns.append(Column(key, quality_title(metric, [pipeline] if pipeline else found),
+                                      "" if metric == "nfe" else spec.unit, dataset,
+                                      spec.lower_is_better))
+                for i, label in enumerate(plan.labels):
+                    rows = by_cell.get((label, dataset), with_pipeline.iloc[:0])
+                    value, ok = _values(rows, metric)
+                    if pipeline:  # values of another pipeline belong to its own column
+                        keep = ~ok | (rows["pipeline"] == pipeline)
+                        rows, value, ok = rows[keep], value[keep], ok[keep]
+                    stats[i].append(summarize(value[ok].tolist()))
+                    why[i].append(seed_notes(plan, rows[~ok], metric))
     notes = Footnotes()
     numbers = [[notes.add(texts) for texts in row] for row in why]
     by_column = []
@@ -137,14 +203,21 @@ def comparison_table(plan: Plan, frame: pd.DataFrame) -> Table:
     rows = tuple(tuple(col[i] for col in by_column) for i in range(len(plan.labels)))
     return Table("comparison", "Comparison", "Method",
                  tuple(display_name(plan, label) for label in plan.labels), tuple(columns), rows,
-                 notes.texts, _caption(frame), plan.labels)
+                 notes.texts, _caption(frame, mixed), plan.labels)
 
 
-def _caption(frame: pd.DataFrame) -> str:
+def _caption(frame: pd.DataFrame, mixed: dict[str, list[str]]) -> str:
     tol = ""
     if "params.eval.tol" in frame:
         tols = sorted(frame["params.eval.tol"].dropna().unique())
         tol = f" at atol = rtol = {', '.join(tols)}" if tols else ""
-    return ("Mean ± standard deviation over seeds (n = seeds with a result); the best of each "
+    text = ("Mean ± standard deviation over seeds (n = seeds with a result); the best of each "
             "column in bold. NLL in bits/dim for images and nats per example for 2-D data; "
             f"NFE: network evaluations to sample with dopri5{tol}; — : no result (see notes).")
+    if any(final(m) in frame for m in FEATURES):
+        text += (" FID headers name the clean-fid mode and generated-sample count that the runs "
+                 "recorded.")
+    for dataset, found in mixed.items():
+        text += (f" Mixed FID pipelines on {dataset} ({'; '.join(found)}): one column each, "
+                 "not comparable across columns.")
+    return text
