@@ -12,7 +12,7 @@ SCIENCE_VERSION = "4"
 # 2: evaluation noise, Hutchinson probes and dequantization are drawn per chunk of batch_size from
 #    a seed derived from (eval seed, part, chunk) (harness.shards), so sharded and single-task
 #    evaluations agree exactly; mean NFEs weight each batch solve by its examples; NLL standard
-#    errors are over examples (each averaged over its dequantization draws).
+#    errors are over examples (each one estimate over its dequantization draws).
 # 3: networks' time code works on t's own scale by default (model option time_scale = 1; it was a
 #    fixed 1000, which made fields wiggle in t and inflated dopri5 NFE ~6x; issue 13 §1).
 # 4: the paper's protocol (issue 13 §2): `score-matching` is the paper's VP baseline with a network
