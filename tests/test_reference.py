@@ -37,16 +37,29 @@ def test_intervals_are_student_t_over_seeds():
 
 def test_compare_holds_a_mean_to_the_ci_and_a_seed_to_the_prediction_interval():
     cell = {"method": "m", "dataset": "d", "seeds": [0, 1, 2, 3, 4],
-            **{k: reference.summarize([10.0, 11.0, 12.0, 13.0, 14.0]) for k in reference.METRICS}}
+            **{k: reference.summarize([100.0, 110.0, 120.0, 130.0, 140.0])
+               for k in reference.METRICS}}
     ref = {"cells": [cell]}
-    full_ok = {("m", "d"): {s: {k: 12.0 + 0.1 for k in reference.METRICS} for s in range(5)}}
+    full_ok = {("m", "d"): {s: {k: 121.0 for k in reference.METRICS} for s in range(5)}}
     assert all(r["ok"] and r["form"] == "mean" for r in reference.compare(ref, full_ok))
-    # A mean off by 3 (outside the CI, 12 +- 1.96) drifts even though every seed would pass the PI.
-    full_off = {("m", "d"): {s: {k: 15.0 for k in reference.METRICS} for s in range(5)}}
+    # A mean off by 30 (outside the CI, 120 +- 19.6) drifts though every seed would pass the PI.
+    full_off = {("m", "d"): {s: {k: 150.0 for k in reference.METRICS} for s in range(5)}}
     assert not any(r["ok"] for r in reference.compare(ref, full_off))
-    one_seed = {("m", "d"): {0: {"nfe": 15.0, "nll": 17.5, "w2": 6.0}}}
+    one_seed = {("m", "d"): {0: {"nfe": 150.0, "nll": 175.0, "w2": 60.0}}}
     ok = {r["metric"]: r["ok"] for r in reference.compare(ref, one_seed)}
-    assert ok == {"nfe": True, "nll": False, "w2": False}  # PI is 12 +- 4.87
+    assert ok == {"nfe": True, "nll": False, "w2": False}  # PI is 120 +- 48.7
+
+
+def test_an_nfe_interval_is_at_least_one_dopri5_step_wide():
+    """Every seed gave 32: one more step (38) elsewhere is rounding, two more (44) is drift."""
+    cell = {"method": "m", "dataset": "d", "seeds": [0, 1, 2],
+            **{k: reference.summarize([32.0, 32.0, 32.0]) for k in reference.METRICS}}
+    rows = reference.compare({"cells": [cell]},
+                             {("m", "d"): {0: {"nfe": 38.0, "nll": 32.0, "w2": 32.0}}})
+    assert [r["ok"] for r in rows] == [True, True, True]
+    rows = reference.compare({"cells": [cell]},
+                             {("m", "d"): {0: {"nfe": 44.0, "nll": 32.0, "w2": 32.001}}})
+    assert [r["ok"] for r in rows] == [False, True, False]
 
 
 def test_committed_reference_has_every_method_and_dataset_over_five_seeds():
@@ -74,7 +87,8 @@ def test_quick_check_passes_on_the_committed_reference():
 def test_a_moved_metric_fails_the_check(tmp_path):
     ref = json.loads(COMMITTED.read_text())
     cell = next(c for c in ref["cells"] if (c["method"], c["dataset"]) == ("fm-ot", "8gaussians"))
-    cell["nfe"]["pi95"] = [cell["nfe"]["mean"] * 3, cell["nfe"]["mean"] * 4]  # as if NFE tripled
+    mean = cell["nfe"]["mean"]
+    cell["nfe"].update(mean=3 * mean, pi95=[2.5 * mean, 3.5 * mean])  # as if NFE had been 3x
     moved = tmp_path / "moved.json"
     moved.write_text(json.dumps(ref))
     proc = run_script("benchmarks/reference.py", "check", "--quick", "--methods", "fm-ot",
