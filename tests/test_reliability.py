@@ -146,7 +146,10 @@ def test_killed_driver_rerun_finishes_only_missing_trials_with_the_same_results(
     while the second trains. Rerunning the same command finishes only what was missing, in the
     same runs, and gives the results of a run that was never interrupted."""
     methods = "[fm-ot, rectified-flow, ddpm]"
-    path = _write(tmp_path, "killed", methods=methods, steps=400, every=50, cpus=2)
+    # 1000 steps: the kill must land while the second trial trains, and the poll that sees its
+    # first checkpoints takes a while on a loaded machine.
+    steps = 1000
+    path = _write(tmp_path, "killed", methods=methods, steps=steps, every=50, cpus=2)
     suite = load_suite(path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = [sys.executable, "-m", "harness.cli", "run", str(path), "--address",
@@ -164,8 +167,8 @@ def test_killed_driver_rerun_finishes_only_missing_trials_with_the_same_results(
             runs = _all_trial_runs(uri, "killed")
             finished = [r for r in runs if r.info.status == "FINISHED"]
             training = [r for r in runs if r.info.status == "RUNNING"
-                        and _checkpoint_step(tmp_path / "ckpt" / "killed" /
-                                             r.data.tags[KEY]) >= 50]
+                        and 50 <= _checkpoint_step(tmp_path / "ckpt" / "killed" /
+                                                   r.data.tags[KEY]) <= steps // 2]
             return len(finished) == 1 and training
         _wait_for(one_finished_one_training, 240, "one finished trial and one training", poll=0.5)
     finally:
@@ -196,12 +199,12 @@ def test_killed_driver_rerun_finishes_only_missing_trials_with_the_same_results(
         starts = _history(client, run.info.run_id, "train/started_at_step")
         assert len(starts) == 2 and starts[1][0] >= 50, starts
         assert sorted(m.step for m in client.get_metric_history(
-            run.info.run_id, "train/loss")) == list(range(10, 401, 10))
+            run.info.run_id, "train/loss")) == list(range(10, steps + 1, 10))
 
     # The same suite never interrupted, in its own store and checkpoint folder.
     clean_uri = f"sqlite:///{tmp_path / 'clean.db'}"
     (tmp_path / "clean").mkdir()
-    clean_suite = load_suite(_write(tmp_path / "clean", "killed", methods=methods, steps=400,
+    clean_suite = load_suite(_write(tmp_path / "clean", "killed", methods=methods, steps=steps,
                                     every=50, cpus=2, storage=tmp_path / "clean-ckpt"))
     assert [t.key for t in clean_suite.trials()] == [t.key for t in suite.trials()]
     assert run_suite(clean_suite, tracking_uri=clean_uri, stream=io.StringIO()).ok
