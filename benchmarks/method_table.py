@@ -4,7 +4,7 @@
     python benchmarks/method_table.py --tiny    # fm-ot and fm-diffusion, 30 steps: a CI check
     python benchmarks/method_table.py --time-scale 1000   # the networks' time code on DDPM's scale
     python benchmarks/method_table.py --datasets digits --steps 400 --batch-size 128 --lr 5e-4 \
-        --samples 200 --nll-samples 150 --fid-samples 256   # images: bits/dim and fid_classifier
+        --samples 200 --nll-samples 150 --fid-samples 256 --error-samples 32   # images
 
 Prints one Markdown table (mean over seeds; NLL in nats and W2/MMD for 2-D data, bits/dim and FID
 for images) and a one-line summary of the OT-vs-diffusion NFE claim.
@@ -38,6 +38,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--nll-samples", type=int, default=1000)
+    p.add_argument("--error-samples", type=int, default=EvalConfig.error_samples,
+                   help="noise draws of the error-vs-NFE curve (not in the table; fewer is faster)")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--fid-samples", type=int, default=0, help="images: samples for FID (0: none)")
@@ -51,6 +53,7 @@ def main() -> None:
                    help="two methods on 8gaussians, 30 steps, small evaluations (seconds)")
     args = p.parse_args()
     evaluation = EvalConfig(samples=args.samples, nll_samples=args.nll_samples,
+                            error_samples=args.error_samples, trajectory_samples=0,
                             fid_samples=args.fid_samples, fid_features=args.fid_features)
     if args.tiny:
         args.datasets, args.methods, args.steps = ["8gaussians"], ["fm-ot", "fm-diffusion"], 30
