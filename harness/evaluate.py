@@ -108,6 +108,14 @@ class EvalConfig:
             raise ConfigError(f"NFE budgets must be > 0, got {list(self.nfe_budgets)}")
 
 
+    @property
+    def fid_metric(self) -> str:
+        """Name of the FID metric this evaluation logs: "fid", or "fid_classifier" when the
+        features are the digit classifier's (see harness.fid.FEATURE_METRICS)."""
+        from harness.fid import FEATURE_METRICS
+
+        return FEATURE_METRICS[self.fid_features]
+
     def fid_config(self, num_gen: int):
         """The clean-fid settings of one FID evaluation with ``num_gen`` generated samples."""
         from harness.fid import FIDConfig

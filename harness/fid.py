@@ -29,7 +29,10 @@ from harness.datasets.base import Dataset
 from harness.errors import ConfigError, HarnessError
 
 MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
-FEATURES = ("inception", "classifier")
+FEATURE_METRICS = {"inception": "fid", "classifier": "fid_classifier"}
+"""Registered metric (harness.metrics) an FID is logged under, by feature extractor: the one place
+that name is derived, so a digit-classifier FID is never compared with an Inception one."""
+FEATURES = tuple(FEATURE_METRICS)
 SPLITS = ("train", "test")
 DEFAULT_CACHE = "~/.cache/fmbench"
 REF_SUBSET_SEED = 0  # fixed: a num_ref subset is the same for every trial and process
@@ -87,7 +90,7 @@ class FIDResult:
     @property
     def metric(self) -> str:
         """Name of the registered metric this value is logged under (see harness.metrics)."""
-        return "fid" if self.features == "inception" else "fid_classifier"
+        return FEATURE_METRICS[self.features]
 
 
 @dataclass(frozen=True)
