@@ -96,7 +96,7 @@ def cluster(workers: int, folder: Path) -> Iterator[str]:
 
 def serial(suite, uri: str, storage: Path) -> float:
     """Seconds to run every trial of ``suite`` in this process, logging as the Ray tasks do."""
-    from harness.scheduler import eval_task, train_task
+    from harness.tasks import eval_task, train_task
     from harness.tracking import FINISHED, KEY, KIND, SCHEDULED, SUITE, Tracker
 
     tracker = Tracker(uri, f"{suite.name}-serial")

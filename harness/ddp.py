@@ -5,7 +5,7 @@ The suite's batch size is the global batch; each worker trains on an equal block
 :class:`harness.train.Parallel`), so the run reaches the parameters one worker would. Our own
 checkpoint in ``checkpoint_dir`` is what a run resumes from, never Ray Train's: when a worker dies,
 Ray Train restarts the whole worker group and every rank loads that checkpoint. Rank 0 alone
-writes checkpoints and logs to MLflow, exactly as :func:`harness.scheduler.train_task` does for
+writes checkpoints and logs to MLflow, exactly as :func:`harness.tasks.train_task` does for
 one worker.
 
 Ray Train here is V2 (the default in Ray 2.60, ``RAY_TRAIN_V2_ENABLED``): ``fit()`` starts a
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError, DivergenceError, HarnessError
+from harness.tasks import train_logged
 from harness.tracking import RunLogger
 from harness.train import Parallel
 
@@ -32,12 +33,19 @@ RAY_TRAIN_FOLDER = "ray-train"
 """Ray Train's own run folder inside the trial's checkpoint folder (which every node reaches)."""
 
 
+def train_parallel_task(spec, checkpoint_dir: str, logger: RunLogger, resources) -> dict[str, Any]:
+    """The Ray task that trains one trial on ``resources.workers`` DDP workers: it only
+    coordinates (it holds no resources), the workers hold ``resources`` each."""
+    return train_distributed(spec, checkpoint_dir, logger, workers=resources.workers,
+                             cpus_per_worker=resources.cpus, gpus_per_worker=resources.gpus)
+
+
 def train_distributed(spec, checkpoint_dir: str, logger: RunLogger, *, workers: int,
                       cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0) -> dict[str, Any]:
     """Train one trial on ``workers`` DDP workers, each with ``cpus_per_worker`` CPUs and
     ``gpus_per_worker`` GPUs, resuming from ``checkpoint_dir``. Blocks until training ends; call it
     from the driver or from a Ray task (which needs no resources of its own). Returns what
-    :func:`harness.scheduler.train_task` returns: ``{"step", "seconds", "resumed_from", "device"}``
+    :func:`harness.tasks.train_task` returns: ``{"step", "seconds", "resumed_from", "device"}``
     (seconds and resumed_from of the attempt that finished)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
@@ -78,8 +86,6 @@ def _worker_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     """One rank's training (Ray Train calls it in every worker, the process group already up)."""
     import ray.train
     import ray.train.torch
-
-    from harness.scheduler import train_logged
 
     context = ray.train.get_context()
     parallel = Parallel(context.get_world_rank(), context.get_world_size())

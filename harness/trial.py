@@ -55,25 +55,48 @@ class TrialSpec:
 
 @dataclass(frozen=True)
 class TrialResult:
-    """Outcome of a trial: resolved config, metrics, curves, timing, and where files went."""
+    """A trial's final record, the one both ways of finishing a trial produce (``fmbench trial``'s
+    :func:`run_trial` and a suite's eval task, :mod:`harness.tasks`): resolved config, metrics,
+    curves, warnings, and where this process trained the trial, its training and folder."""
 
     config: dict[str, Any]
     metrics: dict[str, float]
     evaluation: EvalResult
-    training: TrainResult
-    out_dir: Path
+    training: TrainResult | None = None
+    out_dir: Path | None = None
+
+    @classmethod
+    def record(cls, prep: PreparedTrial, evaluation: EvalResult, eval_seconds: float, *,
+               training: TrainResult | None = None, out_dir: Path | None = None) -> TrialResult:
+        """The record of an evaluation that took ``eval_seconds``, with the training's time and
+        last loss among the metrics when ``training`` is given."""
+        metrics = dict(evaluation.metrics)
+        if training is not None:
+            metrics["train_time"] = training.seconds
+        metrics["eval_time"] = eval_seconds
+        if training is not None and training.losses:
+            metrics["train_loss"] = training.losses[-1][1]
+        return cls(prep.config, metrics, evaluation, training, out_dir)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "method": self.config["method"], "dataset": self.config["dataset"],
-            "seed": self.config["seed"], "steps": self.training.step,
-            "metrics": self.metrics,
-            "error_vs_nfe": [asdict(p) for p in self.evaluation.error_curve],
-            "fid_vs_nfe": [asdict(p) for p in self.evaluation.fid_curve],
-            "warnings": self.evaluation.warnings,
-            "losses": self.training.losses,
-            "config": self.config, "out_dir": str(self.out_dir),
-        }
+        record: dict[str, Any] = {"method": self.config["method"],
+                                  "dataset": self.config["dataset"], "seed": self.config["seed"]}
+        if self.training is not None:
+            record["steps"] = self.training.step
+        record.update(metrics=self.metrics,
+                      error_vs_nfe=[asdict(p) for p in self.evaluation.error_curve],
+                      fid_vs_nfe=[asdict(p) for p in self.evaluation.fid_curve],
+                      warnings=self.evaluation.warnings)
+        if self.training is not None:
+            record["losses"] = self.training.losses
+        record["config"] = self.config
+        if self.out_dir is not None:
+            record["out_dir"] = str(self.out_dir)
+        return record
+
+    def dumps(self) -> str:
+        """The record as the file that keeps it (``result.json``, a suite run's ``metrics.json``)."""
+        return json.dumps(self.to_json(), indent=2, default=str)
 
 
 def resolve(spec: TrialSpec, dataset: Dataset) -> tuple[TrialSpec, dict[str, Any]]:
@@ -188,11 +211,8 @@ def run_trial(spec: TrialSpec, out_dir: str | Path, *, device: torch.device | st
         f"(dopri5 NFE and samples, NLL, error vs NFE)")
     started = time.perf_counter()
     evaluation = evaluate(prep.method, trained.ema, prep.dataset, prep.spec.eval, device)
-    metrics = {**evaluation.metrics, "train_time": trained.seconds,
-               "eval_time": time.perf_counter() - started}
-    if trained.losses:
-        metrics["train_loss"] = trained.losses[-1][1]
     out = Path(out_dir)
-    result = TrialResult(prep.config, metrics, evaluation, trained, out)
-    write_text_atomic(out / "result.json", json.dumps(result.to_json(), indent=2, default=str))
+    result = TrialResult.record(prep, evaluation, time.perf_counter() - started, training=trained,
+                                out_dir=out)
+    write_text_atomic(out / "result.json", result.dumps())
     return result

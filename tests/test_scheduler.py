@@ -174,7 +174,7 @@ def test_image_suite_logs_every_metric(ray_cluster, tmp_path, monkeypatch):
 
 
 def test_queued_trials_are_scheduled_until_their_task_starts(tmp_path):
-    from harness.scheduler import train_task  # noqa: F401 - the task marks its run RUNNING
+    from harness.tasks import train_task  # noqa: F401 - the task marks its run RUNNING
     from harness.tracking import SCHEDULED
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "states")
@@ -247,7 +247,7 @@ def test_test_cluster_and_local_nodes_address_ray_at_loopback(ray_cluster):
     assert ray_cluster.address.startswith("127.0.0.1:")
     code = ("import os, ray\n"
             "os.environ.pop('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', None)\n"
-            "from harness.scheduler import init_ray\n"
+            "from harness.ray_session import init_ray\n"
             "session = init_ray()\n"
             "print(sorted({n['NodeManagerAddress'] for n in ray.nodes()}), session.started)\n"
             "session.close()\n")
