@@ -56,7 +56,7 @@ def test_no_module_evaluates_strings_or_unpickles_freely():
 
 def test_yaml_loader_is_safe_and_imports_only_in_the_restricted_unpickler():
     from harness.datasets import images
-    from harness.suite import _Loader
+    from harness.suite.reading import _Loader
 
     # SafeLoader or libyaml's CSafeLoader: both construct through SafeConstructor only, never
     # FullConstructor (whose subclasses build arbitrary Python objects).

@@ -350,10 +350,10 @@ def test_a_1mb_file_of_entries_is_refused_fast(tmp_path):
 
 def test_plan_prints_trials_as_they_are_built(tmp_path, monkeypatch, capsys):
     """Interrupted at the 5th trial key, ``fmbench plan`` has already printed the first four."""
-    import harness.suite
+    import harness.suite.model
     from harness.cli import main
 
-    real, calls = harness.suite.trial_key, []
+    real, calls = harness.suite.model.trial_key, []
 
     def key(spec):
         calls.append(spec)
@@ -363,7 +363,7 @@ def test_plan_prints_trials_as_they_are_built(tmp_path, monkeypatch, capsys):
 
     path = write(tmp_path, _big(3, 2, 2))
     expected = [t.name for t in load_suite(path).trials()]
-    monkeypatch.setattr(harness.suite, "trial_key", key)
+    monkeypatch.setattr(harness.suite.model, "trial_key", key)
     assert main(["plan", str(path)]) == 130
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "suite big: 12 trials (3 methods x 2 datasets x 2 seeds)"
