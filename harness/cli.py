@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
+from functools import partial
+from typing import Any
 
 from harness import __version__
 from harness.errors import ConfigError, DataError, HarnessError
@@ -38,6 +41,56 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
     return parse
+
+
+def _declared_default(section: str, name: str, method: str = "") -> Any:
+    """A setting's default where it is declared: a field of TrialSpec ("trial"), TrainConfig
+    ("train") or EvalConfig ("eval"), or an option ("method") of ``method``'s registration."""
+    if section == "method":
+        from harness.methods import method_options
+
+        return method_options(method)[name]
+    from harness.evaluate import EvalConfig
+    from harness.train import TrainConfig
+    from harness.trial import TrialSpec
+
+    owner = {"trial": TrialSpec, "train": TrainConfig, "eval": EvalConfig}[section]
+    return next(f.default for f in fields(owner) if f.name == name)
+
+
+def _shown(value: Any) -> str:
+    """A default as one would type it on the command line."""
+    if isinstance(value, (tuple, list)):
+        return " ".join(_shown(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class _HelpWithDefaults(argparse.RawDescriptionHelpFormatter):
+    """Ends each setting's help with its default, looked up only when help is printed: the
+    configs import torch, which parsing every other command must not wait for."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = super()._get_help_string(action) or ""
+        lookup = getattr(action, "default_from", None)
+        return text if lookup is None else f"{text} ({_shown(lookup())})".replace("%", "%%")
+
+
+def _setting(parser: argparse.ArgumentParser, section: str, name: str, text: str,
+             default_of: str = "", **kwargs: Any) -> None:
+    """``--name`` for one setting of ``section`` (see :func:`_declared_default`). Left out, it
+    stays out of the parsed arguments (:func:`_given`), so the declared default applies and is
+    written nowhere else."""
+    action = parser.add_argument("--" + name.replace("_", "-"), dest=f"{section}.{name}",
+                                 default=argparse.SUPPRESS, help=text,
+                                 metavar=None if "choices" in kwargs else name.upper(), **kwargs)
+    action.default_from = partial(_declared_default, section, name, default_of)
+
+
+def _given(args: argparse.Namespace, section: str) -> dict[str, Any]:
+    """The settings of ``section`` given on the command line (lists as tuples, like the configs)."""
+    prefix = section + "."
+    return {k[len(prefix):]: tuple(v) if isinstance(v, list) else v
+            for k, v in vars(args).items() if k.startswith(prefix)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,33 +148,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("trial", help="train and evaluate one (method, dataset, seed)",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EXAMPLES, formatter_class=_HelpWithDefaults)
     p.add_argument("--method", required=True, help="a method name (fmbench list)")
     p.add_argument("--dataset", required=True, help="a dataset name (fmbench list)")
-    p.add_argument("--seed", type=int, default=0, help="seeds data, init, noise (default 0)")
-    p.add_argument("--steps", type=_positive(int), default=2000, help="optimizer steps (2000)")
-    p.add_argument("--batch-size", type=_positive(int), default=256, help="batch size (256)")
-    p.add_argument("--lr", type=_positive(float), default=1e-3, help="peak learning rate (1e-3)")
-    p.add_argument("--sigma-min", type=float, help="sigma_min of fm-ot / ot-cfm (1e-4)")
-    p.add_argument("--tol", type=_positive(float), default=1e-5,
-                   help="dopri5 atol = rtol for NFE and NLL (1e-5)")
-    p.add_argument("--samples", type=_positive(int), default=2000,
-                   help="dopri5 samples for NFE and W2/MMD (2000)")
-    p.add_argument("--nll-samples", type=_positive(int), default=1000,
-                   help="held-out examples for NLL (1000)")
-    p.add_argument("--dequant-draws", type=_positive(int), default=1,
-                   help="uniform dequantization draws K for bits/dim (1)")
-    p.add_argument("--error-samples", type=_positive(int), default=256,
-                   help="noise draws for numerical error vs NFE (256)")
-    p.add_argument("--nfe-budgets", type=_positive(int), nargs="+", default=[4, 8, 16, 32],
-                   help="NFE budgets of the fixed-step solvers (4 8 16 32)")
-    p.add_argument("--fid-samples", type=int, default=0,
-                   help="generated samples for FID of image data (0: no FID)")
-    p.add_argument("--fid-features", choices=("inception", "classifier"), default="inception",
-                   help="Inception (fid) or a small digit classifier (fid_classifier)")
-    p.add_argument("--fid-nfe-samples", type=int, default=0,
-                   help="samples per point of FID vs NFE (0: no curve)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    _setting(p, "trial", "seed", "seeds data, init, noise", type=int)
+    _setting(p, "train", "steps", "optimizer steps", type=_positive(int))
+    _setting(p, "train", "batch_size", "batch size", type=_positive(int))
+    _setting(p, "train", "lr", "peak learning rate", type=_positive(float))
+    _setting(p, "method", "sigma_min", "sigma_min of fm-ot / ot-cfm", type=float,
+             default_of="fm-ot")
+    _setting(p, "eval", "tol", "dopri5 atol = rtol for NFE and NLL", type=_positive(float))
+    _setting(p, "eval", "samples", "dopri5 samples for NFE and W2/MMD", type=_positive(int))
+    _setting(p, "eval", "nll_samples", "held-out examples for NLL", type=_positive(int))
+    _setting(p, "eval", "dequant_draws", "uniform dequantization draws K for bits/dim",
+             type=_positive(int))
+    _setting(p, "eval", "error_samples", "noise draws for numerical error vs NFE",
+             type=_positive(int))
+    _setting(p, "eval", "nfe_budgets", "NFE budgets of the fixed-step solvers",
+             type=_positive(int), nargs="+")
+    _setting(p, "eval", "fid_samples", "generated samples for FID of image data, 0 for none",
+             type=int)
+    _setting(p, "eval", "fid_features", "Inception (fid) or a small digit classifier "
+             "(fid_classifier)", choices=("inception", "classifier"))
+    _setting(p, "eval", "fid_nfe_samples", "samples per point of FID vs NFE, 0 for no curve",
+             type=int)
+    _setting(p, "train", "precision", "bf16 autocasts the forward pass", choices=("fp32", "bf16"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto)")
     p.add_argument("--data-root", help="folder with dataset files ($FMBENCH_DATA)")
     p.add_argument("--no-download", action="store_true", help="never download datasets")
@@ -164,20 +215,11 @@ def cmd_trial(args) -> int:
 
     if args.data_root is not None and not Path(args.data_root).expanduser().is_dir():
         raise DataError(f"data root {args.data_root} does not exist or is not a folder")
-    options = {} if args.sigma_min is None else {"sigma_min": args.sigma_min}
-    spec = TrialSpec(method=args.method, dataset=args.dataset, seed=args.seed,
-                     method_options=options, data_root=args.data_root,
-                     download=not args.no_download,
-                     train=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                       precision=args.precision),
-                     eval=EvalConfig(tol=args.tol, samples=args.samples,
-                                     nll_samples=args.nll_samples,
-                                     dequant_draws=args.dequant_draws,
-                                     error_samples=args.error_samples,
-                                     fid_samples=args.fid_samples,
-                                     fid_features=args.fid_features,
-                                     fid_nfe_samples=args.fid_nfe_samples,
-                                     nfe_budgets=tuple(args.nfe_budgets)))
+    options = _given(args, "method")
+    spec = TrialSpec(method=args.method, dataset=args.dataset, method_options=options,
+                     data_root=args.data_root, download=not args.no_download,
+                     train=TrainConfig(**_given(args, "train")),
+                     eval=EvalConfig(**_given(args, "eval")), **_given(args, "trial"))
     from harness.datasets import DATASETS
     from harness.methods import METHODS, build_method
 
@@ -281,8 +323,8 @@ def cmd_run(args) -> int:
     uri = resolve_tracking_uri(args.tracking_uri or suite.tracking_uri)
     check_reachable(uri)
     check_store(uri, create=True)  # a damaged store: one line before anything is printed
-    print(f"suite {suite.name}: {len(suite.trials())} trials", file=sys.stderr)
-    summary = run_suite(suite, address=args.address, tracking_uri=args.tracking_uri,
+    print(f"suite {suite.name}: {suite.size} trials", file=sys.stderr)
+    summary = run_suite(suite, address=args.address, tracking_uri=uri,
                         storage=args.storage, force=args.force, wait=args.wait,
                         connect_timeout=args.connect_timeout)
     rows = []
@@ -358,8 +400,8 @@ def cmd_ui(args) -> int:
     import os
     import subprocess
 
-    from harness.tracking import (KIND, _client, _split_credentials, check_reachable,
-                                  check_store, mask_uri, resolve_tracking_uri, retry, ui_url)
+    from harness.tracking import (KIND, check_reachable, check_store, mask_uri, mlflow_client,
+                                  resolve_tracking_uri, retry, split_credentials, ui_url)
 
     uri = resolve_tracking_uri(args.tracking_uri)
     check_reachable(uri)
@@ -367,9 +409,9 @@ def cmd_ui(args) -> int:
     if new:  # `mlflow ui` creates it, as `run` would; say so
         print(f"creating tracking store {mask_uri(uri)}", file=sys.stderr)
     server = uri.startswith(("http://", "https://"))
-    base = _split_credentials(uri)[0].rstrip("/") if server else f"http://{args.host}:{args.port}"
+    base = split_credentials(uri)[0].rstrip("/") if server else f"http://{args.host}:{args.port}"
     suites = [] if new else retry(
-        lambda: _client(uri).search_experiments(filter_string=f"tags.`{KIND}` = 'suite'"),
+        lambda: mlflow_client(uri).search_experiments(filter_string=f"tags.`{KIND}` = 'suite'"),
         "listing experiments", budget=10.0)
     if server:
         print(f"runs are on a tracking server: open {ui_url(base)}")

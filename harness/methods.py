@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from harness.datasets.base import Dataset
 from harness.errors import ConfigError
-from harness.paths import AffinePath, OTPath, PathSample, VEPath, VPPath, expand_like
+from harness.paths import (OT_SIGMA_MIN, AffinePath, OTPath, PathSample, VEPath, VPPath,
+                           expand_like)
 from harness.registry import Registry
 
 VelocityField = Callable[[Tensor, Tensor], Tensor]
@@ -298,13 +299,13 @@ def _rectified_flow() -> Method:
 
 
 @METHODS.register("ot-cfm", display="OT-CFM", family="flow-matching")
-def _ot_cfm(sigma_min=1e-4) -> Method:
+def _ot_cfm(sigma_min=OT_SIGMA_MIN) -> Method:
     """FM w/ OT with minibatch pairs re-coupled by an exact OT plan (Tong et al. 2023)."""
     return FlowMatching(OTPath(sigma_min), coupling=exact_ot_coupling)
 
 
 @METHODS.register("fm-ot", display="FM w/ OT", family="flow-matching")
-def _fm_ot(sigma_min=1e-4) -> Method:
+def _fm_ot(sigma_min=OT_SIGMA_MIN) -> Method:
     """Flow Matching on the conditional OT path (Lipman et al. 2022, §4.1)."""
     return FlowMatching(OTPath(sigma_min))
 

@@ -84,13 +84,18 @@ class AffinePath(ABC):
         return {"path": type(self).__name__, "t_max": self.t_max, "prior_std": self.prior_std}
 
 
+OT_SIGMA_MIN = 1e-4
+"""Default sigma_min of the conditional OT path (Lipman et al. 2022), the noise left at t = 1: of
+:class:`OTPath` and of the methods that expose it as an option (fm-ot, ot-cfm)."""
+
+
 class OTPath(AffinePath):
     """Optimal-transport (conditional OT) path: alpha_t = t, sigma_t = 1 - (1 - sigma_min) t.
 
     Lipman et al. (2022), eq. 20; sigma_min = 0 gives rectified flow (Liu et al., 2022).
     """
 
-    def __init__(self, sigma_min: float = 1e-4) -> None:
+    def __init__(self, sigma_min: float = OT_SIGMA_MIN) -> None:
         if not 0.0 <= sigma_min < 1.0:
             raise ConfigError(f"sigma_min must be in [0, 1), got {sigma_min}")
         self.sigma_min = float(sigma_min)

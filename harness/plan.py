@@ -14,7 +14,6 @@ from dataclasses import asdict
 from typing import Any, Iterator
 
 from harness import SCIENCE_VERSION, __version__
-from harness.datasets import DATASETS
 from harness.methods import build_method, default_method_options, method_options
 from harness.suite import MethodEntry, Suite, Trial
 
@@ -67,11 +66,11 @@ def method_config(entry: MethodEntry) -> dict[str, Any]:
 def trial_config(trial: Trial, method: dict[str, Any]) -> dict[str, Any]:
     """One trial's entry; ``method`` is :func:`method_config` of its method entry. Keys follow the
     ``config.json`` a run writes (harness.trial.resolve), so the two can be compared."""
-    spec, meta = trial.spec, DATASETS.entry(trial.dataset.name).meta
+    spec = trial.spec
     return {
         "name": trial.name, "key": trial.key, "label": trial.method.label,
         "method": spec.method, **method,
-        "dataset": {"name": spec.dataset, "kind": meta.get("kind"), "root": spec.data_root,
+        "dataset": {"name": spec.dataset, "kind": trial.dataset.kind, "root": spec.data_root,
                     "download": spec.download},
         "seed": spec.seed, "model": spec.model, "model_options": spec.model_options,
         "train": asdict(spec.train), "eval": asdict(spec.eval),

@@ -258,7 +258,7 @@ def store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _split_credentials(uri: str) -> tuple[str, dict[str, str], bool]:
+def split_credentials(uri: str) -> tuple[str, dict[str, str], bool]:
     """(URI without user:password, HTTP auth headers, whether credentials were given), from the
     URI's user info or MLflow's own variables (MLFLOW_TRACKING_USERNAME/PASSWORD or _TOKEN)."""
     parts = urllib.parse.urlsplit(uri)
@@ -283,7 +283,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     if not uri.startswith(("http://", "https://")):
         return
     shown = mask_uri(uri)
-    bare, headers, given = _split_credentials(uri)
+    bare, headers, given = split_credentials(uri)
     base = bare.rstrip("/")
     # /health answers without credentials; one cheap authenticated read tells whether they work
     # (given longer: a basic-auth server checks a password with a deliberately slow hash).
@@ -377,9 +377,10 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _client(uri: str):
-    # fmbench's own retry (:func:`retry`) paces retries: MLflow's HTTP retries would otherwise
-    # back off up to minutes inside every try and delay recovery long after a server is back.
+def mlflow_client(uri: str):
+    """An MlflowClient on ``uri`` with MLflow's own HTTP retries off: fmbench's :func:`retry`
+    paces retries, and MLflow's would otherwise back off up to minutes inside every try and delay
+    recovery long after a server is back."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     from mlflow import MlflowClient  # imported lazily: the science core never needs MLflow
 
@@ -394,7 +395,7 @@ class RunLogger:
     run_id: str
 
     def _do(self, what: str, fn: Callable[[Any], T]) -> T:
-        client = _client(self.uri)
+        client = mlflow_client(self.uri)
         return retry(lambda: fn(client), f"{what} for run {self.run_id}")
 
     def _log_points(self, points: Iterable[tuple[str, float, int]]) -> None:
@@ -461,7 +462,7 @@ class Tracker:
         """A client for a store checked as a reader first (:func:`check_readable`): reading
         never creates, migrates or trips over a damaged store."""
         check_readable(self.uri)
-        return _client(self.uri)
+        return mlflow_client(self.uri)
 
     def connect(self) -> str:
         """Check the store and create it if new (said on stderr) and the experiment once, here
@@ -474,7 +475,7 @@ class Tracker:
                 if check_store(self.uri, create=True):
                     print(f"creating tracking store {mask_uri(self.uri)}", file=sys.stderr)
                 _CHECKED.add(self.uri)
-                client = _client(self.uri)
+                client = mlflow_client(self.uri)
 
                 def get_or_create() -> str:
                     exp = client.get_experiment_by_name(self.experiment)
