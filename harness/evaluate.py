@@ -1,186 +1,35 @@
 """Evaluation of a trained network: NFE, NLL (nats or bits/dim), sample quality, numerical error.
 
-Everything goes through the method's probability-flow velocity (DESIGN.md §3), so every method is
-measured by the same solvers. Each part of the evaluation is a sequence of chunks of ``batch_size``
-examples whose noise, probes and dequantization come from a seed derived from ``EvalConfig.seed``
-and the chunk index (:mod:`harness.shards`): the same seed gives every method the same prior noise,
-and the work can be split into shards (separate tasks) that combine into the same metrics.
+Everything goes through the method's probability-flow velocity (docs/design.md), so every method
+is measured by the same solvers (:mod:`harness.sampling`). Each part of the evaluation is a sequence
+of chunks of ``batch_size`` examples whose noise, probes and dequantization come from a seed derived
+from ``EvalConfig.seed`` and the chunk index (:mod:`harness.shards`): the same seed gives every
+method the same prior noise, and the work can be split into shards (separate tasks) that combine
+into the same metrics.
+
+The settings and result types (:mod:`harness.evaluation_types`), :func:`sample` and
+:func:`evaluate_trajectories` (:mod:`harness.sampling`) are importable from here too, with the
+evaluations that use them.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from harness.datasets import Dataset
-from harness.errors import ConfigError
+from harness.evaluation_types import ErrorPoint, EvalConfig, EvalResult, FIDPoint, Trajectories
+from harness.fid import FIDUnavailable
 from harness.methods import Method
-from harness.solvers import SOLVERS, NFECounter, solve
+from harness.sampling import evaluate_trajectories, sample
+from harness.shards import evaluate_parts, mean_nfe
 
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Evaluation settings; every field is recorded with the run.
-
-    tol: atol = rtol of dopri5 for sampling NFE and NLL (the paper's 1e-5).
-    samples: dopri5 samples drawn for NFE and sample quality.
-    nll_samples: held-out examples whose likelihood is computed (all if larger than the test set).
-    dequant_draws: K uniform dequantization draws per image; bits/dim is the importance-weighted
-        estimate -log2 (1/K) sum_k p(n + u_k) / D (the paper's App. E.2), tighter as K grows.
-    divergence: "auto" (exact up to 16 dims), "exact" or "hutchinson".
-    solvers, nfe_budgets: the fixed-step grid of the numerical-error curve (budget = steps x stages;
-        budgets below one step of a solver are skipped).
-    error_samples: noise draws for the numerical-error curve.
-    reference_tol: dopri5 tolerance of the float64 reference solution for numerical error.
-    batch_size: examples per solve and per seeded chunk; adaptive NFE is the mean over batch
-        solves weighted by their examples (dopri5 picks one step sequence per batch).
-    shard_size: examples per shard when the evaluation is split into separate tasks, a multiple of
-        ``batch_size`` so shards are made of the same batches (0: one shard per part). It never
-        changes a number, only how the work is divided.
-    fid_samples: generated samples for FID of image data (0: no FID; the paper uses 50,000).
-    fid_ref_samples: reference samples (0: the whole split); fid_split: "train" (the paper's) or
-        "test"; fid_mode: clean-fid mode ("clean", "legacy_tensorflow", "legacy_pytorch");
-        fid_features: "inception", or "classifier" for digits/mnist (logged as fid_classifier).
-    fid_nfe_samples: samples per point of the FID-vs-NFE curve, one point per fixed-step solver
-        and NFE budget plus dopri5 at ``tol`` (0: no curve).
-    trajectory_samples, trajectory_times: sample paths saved for figures (the paper's Figure 6):
-        states at these fractions of [0, t_max], from noise seeded by ``trajectory_seed``, which
-        stays fixed across trials so every method of a suite starts from the same noise.
-    seed: seeds prior noise, Hutchinson probes and dequantization (per chunk, harness.shards).
-    """
-
-    tol: float = 1e-5
-    samples: int = 2000
-    nll_samples: int = 1000
-    dequant_draws: int = 1
-    divergence: str = "auto"
-    solvers: tuple[str, ...] = ("euler", "midpoint", "rk4")
-    nfe_budgets: tuple[int, ...] = (4, 8, 16, 32)
-    error_samples: int = 256
-    reference_tol: float = 1e-7
-    batch_size: int = 1000
-    shard_size: int = 0
-
-    CHECKED_WITH: ClassVar[dict[str, tuple[str, ...]]] = {"shard_size": ("batch_size",)}
-    """Fields whose validity depends on others (a suite error names the first field)."""
-    fid_samples: int = 0
-    fid_ref_samples: int = 0
-    fid_split: str = "train"
-    fid_mode: str = "clean"
-    fid_features: str = "inception"
-    fid_nfe_samples: int = 0
-    trajectory_samples: int = 16
-    trajectory_times: tuple[float, ...] = (0.25, 0.5, 0.75)
-    trajectory_seed: int = 0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not (self.tol > 0 and self.reference_tol > 0):
-            raise ConfigError(f"tolerances must be > 0, got tol={self.tol}, "
-                              f"reference_tol={self.reference_tol}")
-        for name in ("samples", "nll_samples", "dequant_draws", "error_samples", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"evaluation {name} must be > 0, got {getattr(self, name)}")
-        if self.shard_size < 0 or self.shard_size % self.batch_size:
-            raise ConfigError(f"evaluation shard_size must be 0 (one shard) or a positive multiple "
-                              f"of batch_size={self.batch_size}, got {self.shard_size}")
-        for s in self.solvers:
-            if SOLVERS.get(s).adaptive:
-                raise ConfigError(f"solver {s!r} is adaptive; list fixed-step solvers only")
-        if any(not 0.0 < f < 1.0 for f in self.trajectory_times) or \
-                list(self.trajectory_times) != sorted(self.trajectory_times):
-            raise ConfigError(f"trajectory_times must be increasing fractions in (0, 1), "
-                              f"got {list(self.trajectory_times)}")
-        for name in ("fid_samples", "fid_nfe_samples"):
-            if getattr(self, name) < 0 or getattr(self, name) == 1:
-                raise ConfigError(f"evaluation {name} must be 0 (off) or >= 2, "
-                                  f"got {getattr(self, name)}")
-        self.fid_config(max(self.fid_samples, 2))  # validates mode, features, split, ref samples
-        if self.trajectory_samples < 0:
-            raise ConfigError(f"trajectory_samples must be >= 0, got {self.trajectory_samples}")
-        if self.divergence not in ("auto", "exact", "hutchinson"):
-            raise ConfigError(f"unknown divergence {self.divergence!r}; valid: auto, exact, "
-                              "hutchinson")
-        if any(b <= 0 for b in self.nfe_budgets):
-            raise ConfigError(f"NFE budgets must be > 0, got {list(self.nfe_budgets)}")
-
-
-    @property
-    def fid_metric(self) -> str:
-        """Name of the FID metric this evaluation logs: "fid", or "fid_classifier" when the
-        features are the digit classifier's (see harness.fid.FEATURE_METRICS)."""
-        from harness.fid import FEATURE_METRICS
-
-        return FEATURE_METRICS[self.fid_features]
-
-    def fid_config(self, num_gen: int):
-        """The clean-fid settings of one FID evaluation with ``num_gen`` generated samples."""
-        from harness.fid import FIDConfig
-
-        return FIDConfig(mode=self.fid_mode, features=self.fid_features, num_gen=num_gen,
-                         num_ref=self.fid_ref_samples, batch_size=min(self.batch_size, 500),
-                         split=self.fid_split)
-
-
-@dataclass(frozen=True)
-class ErrorPoint:
-    """One point of the numerical-error curve: MSE per dimension vs the dopri5 reference."""
-
-    solver: str
-    nfe: int
-    error: float
-
-
-@dataclass(frozen=True)
-class FIDPoint:
-    """One point of the FID-vs-NFE curve (the paper's Figure 7, right); ``nfe`` is the mean NFE
-    per batch for dopri5."""
-
-    solver: str
-    nfe: float
-    fid: float
-
-
-@dataclass(frozen=True)
-class Trajectories:
-    """Sample paths: ``states`` (len(times), n, *shape) at ``times`` (first 0, last t_max)."""
-
-    times: Tensor
-    states: Tensor
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """metrics: name -> value (names registered in harness.metrics); samples: dopri5 samples."""
-
-    metrics: dict[str, float]
-    error_curve: list[ErrorPoint] = field(default_factory=list)
-    samples: Tensor | None = None
-    trajectories: Trajectories | None = None
-    fid_curve: list[FIDPoint] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-
-@torch.no_grad()
-def sample(method: Method, net: nn.Module, noise: Tensor, solver: str = "dopri5", *,
-           tol: float = 1e-5, nfe: int | None = None, times=None):
-    """Solve the probability-flow ODE from prior noise (batch, *shape); returns (Solution, NFE)."""
-    counter = NFECounter(net)
-    sol = solve(method.velocity_field(counter), noise, 0.0, method.t_max, solver, atol=tol,
-                rtol=tol, nfe=nfe, times=times)
-    return sol, counter.count
-
-
-def _noise(method: Method, n: int, shape, seed: int, device) -> Tensor:
-    return method.sample_prior(n, shape, torch.Generator().manual_seed(seed), device)
+__all__ = ["EvalConfig", "EvalResult", "ErrorPoint", "FIDPoint", "Trajectories", "sample",
+           "evaluate", "evaluate_sampling", "evaluate_likelihood", "evaluate_numerical_error",
+           "evaluate_during_training", "evaluate_trajectories"]
 
 
 def _parts(method, net, dataset, cfg, device, *parts: str):
-    from harness.shards import evaluate_parts
-
     return evaluate_parts(method, net, dataset, cfg, device, parts)
 
 
@@ -209,25 +58,10 @@ def evaluate_during_training(method, net, dataset, cfg, device) -> dict[str, flo
     give the NFE). Raises harness.fid.FIDUnavailable when the feature extractor is missing."""
     if not (dataset.is_image and cfg.fid_samples):
         return evaluate_sampling(method, net, dataset, cfg, device)[0]
-    from harness.fid import FIDUnavailable
-    from harness.shards import mean_nfe
-
     result, shards = _parts(method, net, dataset, cfg, device, "fid")
     if result.warnings:
         raise FIDUnavailable(result.warnings[0])
     return {**result.metrics, "nfe": mean_nfe(shards)[0]}
-
-
-def evaluate_trajectories(method, net, dataset, cfg, device) -> Trajectories | None:
-    """dopri5 paths from the suite-wide trajectory noise, with the states at the chosen times."""
-    if cfg.trajectory_samples == 0:
-        return None
-    noise = _noise(method, cfg.trajectory_samples, dataset.shape, cfg.trajectory_seed, device)
-    inner = [f * method.t_max for f in cfg.trajectory_times]
-    sol, _ = sample(method, net, noise, tol=cfg.tol, times=inner)
-    times = torch.tensor([0.0, *inner, method.t_max])
-    states = torch.cat([noise[None].cpu(), sol.trajectory.cpu(), sol.x[None].cpu()])
-    return Trajectories(times, states)
 
 
 def evaluate(method: Method, net: nn.Module, dataset: Dataset, cfg: EvalConfig,

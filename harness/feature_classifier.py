@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.cache import cache_dir, compute_once
 from harness.checkpoint import load_checkpoint, save_checkpoint
 from harness.datasets.base import Dataset
 from harness.errors import CheckpointError, ConfigError, DataError
-from harness.fid import Extractor, cache_dir, compute_once, levels_to_uint8
+from harness.pixels import levels_to_uint8
 
 VERSION = 1  # bump when the network or recipe changes: cached weights are retrained
 SEED = 0
@@ -68,12 +69,16 @@ class DigitNet(nn.Module):
 
 
 class ClassifierFeatures(nn.Module):
-    """clean-fid feature model: (B, 3, S, S) float in [0, 255] -> (B, 128) classifier features."""
+    """clean-fid feature model: (B, 3, S, S) float in [0, 255] -> (B, 128) classifier features.
 
-    def __init__(self, net: DigitNet, size: tuple[int, int]) -> None:
+    ``name`` keys the FID reference statistics computed with it (it names the exact weights).
+    """
+
+    def __init__(self, net: DigitNet, size: tuple[int, int], name: str) -> None:
         super().__init__()
         self.net = net.eval()
         self.size = size
+        self.name = name
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
@@ -187,10 +192,10 @@ def _digest(state_dict: dict[str, Tensor]) -> str:
     return h.hexdigest()[:10]
 
 
-def classifier_extractor(dataset: Dataset, device: torch.device | str) -> Extractor:
-    """clean-fid custom feature extractor for ``dataset`` (digits or mnist) on ``device``."""
+def classifier_features(dataset: Dataset, device: torch.device | str) -> ClassifierFeatures:
+    """clean-fid custom feature model for ``dataset`` (digits or mnist) on ``device``."""
     state = load_classifier(dataset)
     net = DigitNet()
     net.load_state_dict(state["state_dict"])
-    model = ClassifierFeatures(net, tuple(dataset.shape[1:])).to(device)
-    return Extractor(model, f"classifier-{_digest(state['state_dict'])}")
+    name = f"classifier-{_digest(state['state_dict'])}"
+    return ClassifierFeatures(net, tuple(dataset.shape[1:]), name).to(device)

@@ -1,32 +1,34 @@
 """FID of generated images through clean-fid's own pipeline, with cached reference statistics.
 
 Images take the path a saved PNG would: model space [-1, 1] -> the dataset's levels
-(:meth:`Dataset.quantize`) -> 8-bit pixels -> RGB -> clean-fid's resizer for the mode -> features
-(Inception, or a small digit classifier for grayscale toys, see :mod:`harness.feature_classifier`)
--> Fréchet distance (``cleanfid.fid.frechet_distance``). Nothing is written as image files: batches
-are streamed through ``cleanfid.fid.get_model_features``, the loop behind clean-fid's ``gen=``
-interface (DESIGN.md §3). Reference statistics (mu, sigma) are computed once per dataset, split,
+(:meth:`Dataset.quantize`) -> 8-bit pixels (:mod:`harness.pixels`) -> RGB -> clean-fid's resizer
+for the mode -> features (Inception, or a small digit classifier for grayscale toys, see
+:mod:`harness.feature_classifier`) -> Fréchet distance (``cleanfid.fid.frechet_distance``).
+Nothing is written as image files: batches are streamed through
+``cleanfid.fid.get_model_features``, the loop behind clean-fid's ``gen=`` interface
+(docs/design.md). Reference statistics (mu, sigma) are computed once per dataset, split,
 resolution, mode, extractor and count, and cached under ``$FMBENCH_CACHE/fid`` (default
-``~/.cache/fmbench/fid``), not in clean-fid's site-packages folder.
+``~/.cache/fmbench/fid``, :mod:`harness.cache`), not in clean-fid's site-packages folder.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import platform
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from harness.cache import cache_dir, compute_once, save_npz
 from harness.datasets.base import Dataset
 from harness.errors import ConfigError, HarnessError
+from harness.feature_classifier import classifier_features
+from harness.pixels import levels_to_uint8, to_uint8
 
 MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
 FEATURE_METRICS = {"inception": "fid", "classifier": "fid_classifier"}
@@ -34,10 +36,7 @@ FEATURE_METRICS = {"inception": "fid", "classifier": "fid_classifier"}
 that name is derived, so a digit-classifier FID is never compared with an Inception one."""
 FEATURES = tuple(FEATURE_METRICS)
 SPLITS = ("train", "test")
-DEFAULT_CACHE = "~/.cache/fmbench"
 REF_SUBSET_SEED = 0  # fixed: a num_ref subset is the same for every trial and process
-
-T = TypeVar("T")
 
 
 class FIDUnavailable(HarnessError):
@@ -111,62 +110,7 @@ class ReferenceStats:
     path: Path
 
 
-# --- cache ---------------------------------------------------------------------------------------
-
-def cache_dir() -> Path:
-    """fmbench's cache root: ``$FMBENCH_CACHE``, else ``~/.cache/fmbench``."""
-    return Path(os.environ.get("FMBENCH_CACHE", DEFAULT_CACHE)).expanduser()
-
-
-def compute_once(path: Path, write: Callable[[Path], None], read: Callable[[Path], T | None]) -> T:
-    """Read ``path``, computing it first (``write``) if missing or stale (``read`` -> None).
-
-    An flock on ``<path>.lock`` lets one process compute while the others wait, then read. Writers
-    must be atomic (temp file + os.replace), so the unlocked first read never sees half a file.
-    """
-    if path.exists() and (value := read(path)) is not None:
-        return value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, even on error
-        value = read(path) if path.exists() else None
-        if value is None:  # nobody finished it while we waited: our turn
-            write(path)
-            value = read(path)
-    if value is None:
-        raise HarnessError(f"cache file {path} was written but cannot be read back")
-    return value
-
-
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """np.savez to a temp file in the same folder, then os.replace (atomic on POSIX)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# --- pixels --------------------------------------------------------------------------------------
-
-def levels_to_uint8(n: Tensor, levels: int) -> Tensor:
-    """Levels 0..levels-1 -> the 8-bit values a PNG stores: round(n * 255 / (levels - 1))."""
-    if levels == 256:
-        return n.to(torch.uint8)
-    n = n.to(torch.int64)
-    return ((n * 255 + (levels - 1) // 2) // (levels - 1)).to(torch.uint8)  # round half up
-
-
-def to_uint8(x: Tensor, levels: int) -> Tensor:
-    """Model-space samples (N, C, H, W) in [-1, 1] -> 8-bit pixels, exactly as saving them would."""
-    quantizer = Dataset("quantizer", torch.empty(0), torch.empty(0), levels=levels)
-    return levels_to_uint8(quantizer.quantize(x.detach().cpu()), levels)
-
+# --- features ------------------------------------------------------------------------------------
 
 def _rgb(images: Tensor) -> Tensor:
     """(N, 1 or 3, H, W) uint8 -> (N, 3, H, W) float in [0, 255], gray repeated like PIL's RGB."""
@@ -175,8 +119,6 @@ def _rgb(images: Tensor) -> Tensor:
                          f"{tuple(images.shape)}")
     return images.expand(-1, 3, -1, -1).float()
 
-
-# --- features ------------------------------------------------------------------------------------
 
 def inception_weights(mode: str) -> tuple[str, str]:
     """(path, url) of the Inception weights clean-fid 0.1.35 uses for ``mode``.
@@ -203,9 +145,8 @@ def build_extractor(cfg: FIDConfig, device: torch.device | str,
     if cfg.features == "classifier":
         if dataset is None:
             raise ConfigError("fid features='classifier' needs the dataset it was trained on")
-        from harness.feature_classifier import classifier_extractor
-
-        return classifier_extractor(dataset, device)
+        model = classifier_features(dataset, device)
+        return Extractor(model, model.name)
     from cleanfid.features import build_feature_extractor
 
     try:
@@ -316,7 +257,7 @@ def reference_stats(dataset: Dataset, cfg: FIDConfig, device: torch.device | str
         feats = features_of_images(levels_to_uint8(ref, dataset.levels), cfg, device,
                                    extractor=extractor)
         mu, sigma = _gaussian(feats)
-        _save_npz(p, mu=mu, sigma=sigma, num_ref=np.int64(len(ref)),
+        save_npz(p, mu=mu, sigma=sigma, num_ref=np.int64(len(ref)),
                   extractor=np.str_(extractor.name), mode=np.str_(cfg.mode))
 
     def read(p: Path) -> ReferenceStats | None:

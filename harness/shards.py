@@ -33,15 +33,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from harness import fid
 from harness.datasets import Dataset
 from harness.errors import HarnessError
-from harness.evaluate import (EvalConfig, EvalResult, ErrorPoint, FIDPoint, Trajectories, sample,
-                              evaluate_trajectories)
+from harness.evaluation_types import ErrorPoint, EvalConfig, EvalResult, FIDPoint, Trajectories
 from harness.fid import ReferenceStats
 from harness.likelihood import importance_weighted_bits_per_dim, log_likelihood
 from harness.methods import Method
 from harness.metrics import mmd2, wasserstein2
 from harness.registry import Registry
+from harness.sampling import evaluate_trajectories, sample
 from harness.solvers import SOLVERS
 
 FIGURE_SAMPLES = 64
@@ -136,10 +137,11 @@ def curve_points(cfg: EvalConfig) -> list[tuple[str, int | None]]:
 
 
 def _sizes(cfg: EvalConfig, dataset: Dataset) -> dict[str, int]:
-    fid = dataset.is_image
+    images = dataset.is_image
     return {"sampling": cfg.samples, "likelihood": min(cfg.nll_samples, len(dataset.test)),
             "error": cfg.error_samples if curve_points(cfg) else 0,
-            "fid": cfg.fid_samples if fid else 0, "fid_curve": cfg.fid_nfe_samples if fid else 0,
+            "fid": cfg.fid_samples if images else 0,
+            "fid_curve": cfg.fid_nfe_samples if images else 0,
             "trajectories": cfg.trajectory_samples}
 
 
@@ -243,8 +245,6 @@ def _error(job: _Job) -> ShardResult:
 
 
 def _fid(job: _Job) -> ShardResult:
-    from harness import fid
-
     ds, shard = job.dataset, job.shard
     num = job.cfg.fid_samples if shard.part == "fid" else job.cfg.fid_nfe_samples
     fid_cfg = job.cfg.fid_config(num)
@@ -364,16 +364,14 @@ def combine(results: Iterable[ShardResult], cfg: EvalConfig, dataset: Dataset) -
     fid_groups = {k: rs for k, rs in groups.items() if k[0] in ("fid", "fid_curve")}
     fid_curve: list[FIDPoint] = []
     if fid_groups and not any(r.warnings for rs in fid_groups.values() for r in rs):
-        from harness.fid import fid_from_features
-
         refs = [r.reference for rs in fid_groups.values() for r in rs if r.reference is not None]
         if len(refs) != 1:
             raise HarnessError(f"FID shards must carry the reference statistics once, got {len(refs)}")
         for (part, solver, _), rs in fid_groups.items():
             feats = np.concatenate([r.features for r in rs]).astype(np.float64)
-            res = fid_from_features(feats, refs[0], cfg.fid_config(len(feats)))
+            res = fid.fid_from_features(feats, refs[0], cfg.fid_config(len(feats)))
             if part == "fid":
-                metrics[res.metric] = res.fid
+                metrics[cfg.fid_metric] = res.fid
             else:
                 fid_curve.append(FIDPoint(solver, mean_nfe(rs)[0], res.fid))
     return EvalResult(metrics=metrics, error_curve=curve, samples=samples,

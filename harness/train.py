@@ -181,13 +181,6 @@ def pins_batches(device: torch.device, pin_memory: bool) -> bool:
     return pin_memory and device.type == "cuda"
 
 
-def _ema_update(ema_p: list[torch.Tensor], net_p: list[torch.Tensor],
-                ema_b: list[torch.Tensor], net_b: list[torch.Tensor], decay: float) -> None:
-    torch._foreach_lerp_(ema_p, net_p, 1.0 - decay)
-    for b_ema, b in zip(ema_b, net_b):
-        b_ema.copy_(b)
-
-
 def _choose_adam_kernel(opt: torch.optim.Optimizer, fused: bool) -> None:
     """AdamW's implementation, which changes speed only: ``fused`` (one kernel), else ``foreach``
     (bitwise equal to torch's per-tensor loop, which it picks by default on CPU, and ~10% faster
@@ -217,6 +210,134 @@ def _check_same_step(step: int, device: torch.device, path: Path | None) -> None
                               f"{int(seen[0])}) of {path}; every node must see the same folder")
 
 
+@dataclass
+class _Run:
+    """Everything a checkpoint holds: restoring it continues the same run (weights, EMA, optimizer,
+    schedule, the run's generator and torch's global RNG, losses, and the time spent so far)."""
+
+    net: nn.Module
+    ema: nn.Module
+    opt: torch.optim.AdamW
+    sched: torch.optim.lr_scheduler.LambdaLR
+    gen: torch.Generator
+    step: int = 0
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    earlier_seconds: float = 0.0
+
+    @classmethod
+    def start(cls, net: nn.Module, cfg: TrainConfig, device: torch.device) -> _Run:
+        """A fresh run of ``net`` on ``device``."""
+        # A compiled module's state dict prefixes every key with "_orig_mod."; keep the plain one
+        # so checkpoints load into an uncompiled network (resume, evaluation) whatever
+        # cfg.compile says.
+        net = getattr(net, "_orig_mod", net).to(device)
+        if cfg.channels_last:
+            net = net.to(memory_format=torch.channels_last)  # converts 4-D weights only
+        ema = copy.deepcopy(net).requires_grad_(False)
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
+        return cls(net, ema, opt, sched, torch.Generator().manual_seed(cfg.seed))
+
+    def resume(self, path: Path, cfg: TrainConfig, device: torch.device) -> None:
+        """Restore the checkpoint at ``path``, refused if written with other training settings."""
+        state = load_checkpoint(path, map_location=device)
+        if state.get("train_config") != cfg.resume_key():
+            raise CheckpointError(f"checkpoint {path} was written with different training "
+                                  "settings; use another folder or delete it")
+        try:
+            self.net.load_state_dict(state["net"])
+            self.ema.load_state_dict(state["ema"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            self.gen.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} does not match this model ({exc})"[:300])
+        self.step, self.losses = int(state["step"]), [tuple(x) for x in state["losses"]]
+        self.earlier_seconds = float(state.get("seconds", 0.0))  # absent in older checkpoints
+
+    def save(self, path: Path, cfg: TrainConfig, started: float) -> None:
+        """Checkpoint the run; ``started``: perf_counter() when this attempt began training."""
+        save_checkpoint(path, {
+            "step": self.step, "net": self.net.state_dict(), "ema": self.ema.state_dict(),
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "losses": [list(x) for x in self.losses], "train_config": cfg.resume_key(),
+            "seconds": self.earlier_seconds + time.perf_counter() - started})
+
+
+def _ema_updater(net: nn.Module, ema: nn.Module) -> Callable[[float], None]:
+    """``update(decay)``: moves ``ema``'s weights towards ``net``'s and copies its buffers.
+
+    The parameter and buffer lists are built once: walking the module tree every step costs ~6% of
+    a small MLP's step on CPU (profiled with cProfile, benchmarks/train_overhead.py).
+    """
+    ema_params, net_params = list(ema.parameters()), [p.detach() for p in net.parameters()]
+    ema_buffers, net_buffers = list(ema.buffers()), list(net.buffers())
+
+    @torch.no_grad()
+    def update(decay: float) -> None:
+        torch._foreach_lerp_(ema_params, net_params, 1.0 - decay)
+        for b_ema, b in zip(ema_buffers, net_buffers):
+            b_ema.copy_(b)
+
+    return update
+
+
+def _batch_loader(dataset: Dataset, cfg: TrainConfig, device: torch.device,
+                  gen: torch.Generator) -> Callable[[], torch.Tensor]:
+    """``next_batch()``: the run's next global batch in model space on ``device``, its indices and
+    dequantization drawn from ``gen``."""
+    pin = pins_batches(device, cfg.pin_memory)
+    image_layout = torch.channels_last if cfg.channels_last and len(dataset.shape) == 3 else None
+
+    def next_batch() -> torch.Tensor:
+        idx = torch.randint(len(dataset.train), (cfg.batch_size,), generator=gen)
+        x1 = dataset.to_model_space(dataset.train[idx], gen)
+        x1 = x1.pin_memory().to(device, non_blocking=True) if pin else x1.to(device)
+        if image_layout is not None:
+            x1 = x1.contiguous(memory_format=image_layout)
+        return x1
+
+    return next_batch
+
+
+def _forward_module(net: nn.Module, cfg: TrainConfig, device: torch.device,
+                    distributed: bool) -> nn.Module:
+    """What the loss calls: ``net``, DDP-wrapped for data-parallel training, compiled if asked."""
+    forward = net
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Built after loading the checkpoint; DDP broadcasts rank 0's weights to the others.
+        on_gpu = [device] if device.type == "cuda" else None
+        forward = DistributedDataParallel(net, device_ids=on_gpu)
+    return torch.compile(forward) if cfg.compile else forward
+
+
+def _logged_loss(window: torch.Tensor, step: int, n: int, parallel: Parallel) -> float:
+    """Mean loss of the ``n`` steps up to ``step`` summed in ``window`` (then zeroed), over every
+    rank; one host sync per log interval keeps the GPU queue full between them. NaN/inf raises."""
+    if parallel.world_size > 1:  # every rank records (and checks) the mean over the global batch
+        torch.distributed.all_reduce(window)
+        window.div_(parallel.world_size)
+    mean = float(window) / n
+    window.zero_()
+    if not math.isfinite(mean):
+        raise DivergenceError(f"training loss became {mean} between steps "
+                              f"{step - n + 1} and {step}; last good checkpoint kept")
+    return mean
+
+
+def _evaluate_ema(on_eval: EvalHook, step: int, ema: nn.Module) -> None:
+    """Call ``on_eval`` with the EMA network in eval mode; an evaluation never shifts training's
+    RNG."""
+    ema.eval()
+    with torch.random.fork_rng(devices=[]):
+        on_eval(step, ema)
+    ema.train()
+
+
 def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
           device: torch.device | str = "cpu", checkpoint_dir: str | Path | None = None,
           progress: Progress | None = None, on_eval: EvalHook | None = None,
@@ -232,116 +353,54 @@ def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
     device = torch.device(device)
     distributed = parallel.world_size > 1
     block = parallel.block(cfg.batch_size) if distributed else None
-    # A compiled module's state dict prefixes every key with "_orig_mod."; keep the plain one so
-    # checkpoints load into an uncompiled network (resume, evaluation) whatever cfg.compile says.
-    net = getattr(net, "_orig_mod", net).to(device)
-    if cfg.channels_last:
-        net = net.to(memory_format=torch.channels_last)  # converts 4-D weights only
-    ema = copy.deepcopy(net).requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    step, losses, earlier = 0, [], 0.0
+    run = _Run.start(net, cfg, device)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
-
     if ckpt_path is not None and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, map_location=device)
-        if state.get("train_config") != cfg.resume_key():
-            raise CheckpointError(f"checkpoint {ckpt_path} was written with different training "
-                                  "settings; use another folder or delete it")
-        try:
-            net.load_state_dict(state["net"])
-            ema.load_state_dict(state["ema"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            gen.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {ckpt_path} does not match this model ({exc})"[:300])
-        step, losses = int(state["step"]), [tuple(x) for x in state["losses"]]
-        earlier = float(state.get("seconds", 0.0))  # absent in checkpoints before it was kept
+        run.resume(ckpt_path, cfg, device)
     if distributed:  # every rank, with or without a checkpoint: this is a collective
-        _check_same_step(step, device, ckpt_path)
-    resumed_from = step
-    _choose_adam_kernel(opt, cfg.fused_adam)  # after loading: a checkpoint's groups carry their own
-
-    def checkpoint() -> None:
-        if ckpt_path is None or not parallel.main:
-            return
-        save_checkpoint(ckpt_path, {
-            "step": step, "net": net.state_dict(), "ema": ema.state_dict(),
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "losses": [list(x) for x in losses], "train_config": cfg.resume_key(),
-            "seconds": earlier + time.perf_counter() - started})
-
-    # Parameter and buffer lists are built once: walking the module tree every step costs ~6% of
-    # a small MLP's step on CPU (profiled with cProfile, benchmarks/train_overhead.py).
-    params, ema_params = list(net.parameters()), list(ema.parameters())
-    net_params = [p.detach() for p in params]
-    buffers, ema_buffers = list(net.buffers()), list(ema.buffers())
-    forward = net
-    if distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # Built after loading the checkpoint; DDP broadcasts rank 0's weights to the others.
-        on_gpu = [device] if device.type == "cuda" else None
-        forward = DistributedDataParallel(net, device_ids=on_gpu)
-    forward = torch.compile(forward) if cfg.compile else forward
-    pin = pins_batches(device, cfg.pin_memory)
-    image_layout = torch.channels_last if cfg.channels_last and len(dataset.shape) == 3 else None
-    net.train()
+        _check_same_step(run.step, device, ckpt_path)
+    resumed_from = run.step
+    # after loading: a checkpoint's parameter groups carry their own choice
+    _choose_adam_kernel(run.opt, cfg.fused_adam)
+    params = list(run.net.parameters())
+    update_ema = _ema_updater(run.net, run.ema)
+    forward = _forward_module(run.net, cfg, device, distributed)
+    next_batch = _batch_loader(dataset, cfg, device, run.gen)
+    run.net.train()
     started = time.perf_counter()
     window = torch.zeros((), device=device)
-    while step < cfg.steps:
-        idx = torch.randint(len(dataset.train), (cfg.batch_size,), generator=gen)
-        x1 = dataset.to_model_space(dataset.train[idx], gen)
-        x1 = x1.pin_memory().to(device, non_blocking=True) if pin else x1.to(device)
-        if image_layout is not None:
-            x1 = x1.contiguous(memory_format=image_layout)
+    while run.step < cfg.steps:
+        x1 = next_batch()
         with _autocast(device, cfg.precision):
             if block is None:
-                loss = method.loss(forward, x1, gen)
+                loss = method.loss(forward, x1, run.gen)
             else:  # the global batch's noise, times and coupling; this rank's rows of it
-                loss = method.loss_on(forward, method.draw(x1, gen).rows(block))
-        opt.zero_grad(set_to_none=True)
+                loss = method.loss_on(forward, method.draw(x1, run.gen).rows(block))
+        run.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
-        step += 1
-        with torch.no_grad():
-            _ema_update(ema_params, net_params, ema_buffers, buffers,
-                        min(cfg.ema_decay, (1 + step) / (10 + step)))
+        run.opt.step()
+        run.sched.step()
+        run.step += 1
+        step = run.step
+        update_ema(min(cfg.ema_decay, (1 + step) / (10 + step)))
         window = window + loss.detach().float()
         if step % cfg.log_every == 0 or step == cfg.steps:
-            # One host sync per log interval keeps the GPU queue full between them.
             n = step % cfg.log_every or cfg.log_every
-            if distributed:  # every rank records (and checks) the mean over the global batch
-                torch.distributed.all_reduce(window)
-                window.div_(parallel.world_size)
-            mean = float(window) / n
-            window.zero_()
-            if not math.isfinite(mean):
-                raise DivergenceError(f"training loss became {mean} between steps "
-                                      f"{step - n + 1} and {step}; last good checkpoint kept")
-            losses.append((step, mean))
+            run.losses.append((step, _logged_loss(window, step, n, parallel)))
         if progress is not None and parallel.main:
-            progress(step, losses[-1][1] if losses else math.nan)
-        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
-            checkpoint()
-        if (on_eval is not None and parallel.main and cfg.eval_every
-                and step % cfg.eval_every == 0):
-            ema.eval()
-            with torch.random.fork_rng(devices=[]):  # an evaluation never shifts training's RNG
-                on_eval(step, ema)
-            ema.train()
+            progress(step, run.losses[-1][1] if run.losses else math.nan)
+        if ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps) \
+                and ckpt_path is not None and parallel.main:
+            run.save(ckpt_path, cfg, started)
+        if on_eval is not None and parallel.main and cfg.eval_every and step % cfg.eval_every == 0:
+            _evaluate_ema(on_eval, step, run.ema)
         if stop_after is not None and step >= stop_after:
             break
     if distributed:  # no rank returns (and tears the group down) before rank 0 has checkpointed
         torch.distributed.barrier()
-    net.eval()
-    ema.eval()
-    return TrainResult(net, ema, step, losses, time.perf_counter() - started, resumed_from,
-                       earlier)
+    run.net.eval()
+    run.ema.eval()
+    return TrainResult(run.net, run.ema, run.step, run.losses, time.perf_counter() - started,
+                       resumed_from, run.earlier_seconds)
