@@ -7,10 +7,13 @@ import json
 import sys
 from dataclasses import fields
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness import __version__
 from harness.errors import ConfigError, DataError, HarnessError
+
+if TYPE_CHECKING:
+    from harness.trial import TrialSpec
 
 EXAMPLES = """\
 Examples:
@@ -93,6 +96,41 @@ def _given(args: argparse.Namespace, section: str) -> dict[str, Any]:
             for k, v in vars(args).items() if k.startswith(prefix)}
 
 
+def _add_trial(sub) -> None:
+    """``fmbench trial``: one setting per flag, each default read where it is declared."""
+    p = sub.add_parser("trial", help="train and evaluate one (method, dataset, seed)",
+                       epilog=EXAMPLES, formatter_class=_HelpWithDefaults)
+    p.add_argument("--method", required=True, help="a method name (fmbench list)")
+    p.add_argument("--dataset", required=True, help="a dataset name (fmbench list)")
+    _setting(p, "trial", "seed", "seeds data, init, noise", type=int)
+    _setting(p, "train", "steps", "optimizer steps", type=_positive(int))
+    _setting(p, "train", "batch_size", "batch size", type=_positive(int))
+    _setting(p, "train", "lr", "peak learning rate", type=_positive(float))
+    _setting(p, "method", "sigma_min", "sigma_min of fm-ot / ot-cfm", type=float,
+             default_of="fm-ot")
+    _setting(p, "eval", "tol", "dopri5 atol = rtol for NFE and NLL", type=_positive(float))
+    _setting(p, "eval", "samples", "dopri5 samples for NFE and W2/MMD", type=_positive(int))
+    _setting(p, "eval", "nll_samples", "held-out examples for NLL", type=_positive(int))
+    _setting(p, "eval", "dequant_draws", "uniform dequantization draws K for bits/dim",
+             type=_positive(int))
+    _setting(p, "eval", "error_samples", "noise draws for numerical error vs NFE",
+             type=_positive(int))
+    _setting(p, "eval", "nfe_budgets", "NFE budgets of the fixed-step solvers",
+             type=_positive(int), nargs="+")
+    _setting(p, "eval", "fid_samples", "generated samples for FID of image data, 0 for none",
+             type=int)
+    _setting(p, "eval", "fid_features", "Inception (fid) or a small digit classifier "
+             "(fid_classifier)", choices=("inception", "classifier"))
+    _setting(p, "eval", "fid_nfe_samples", "samples per point of FID vs NFE, 0 for no curve",
+             type=int)
+    _setting(p, "train", "precision", "bf16 autocasts the forward pass", choices=("fp32", "bf16"))
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto)")
+    p.add_argument("--data-root", help="folder with dataset files ($FMBENCH_DATA)")
+    p.add_argument("--no-download", action="store_true", help="never download datasets")
+    p.add_argument("--out", default="trials", help="parent folder for the trial's files (trials)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fmbench", description="Benchmark Flow Matching and diffusion models.",
                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,37 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list methods, datasets, models, solvers and metrics")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = sub.add_parser("trial", help="train and evaluate one (method, dataset, seed)",
-                       epilog=EXAMPLES, formatter_class=_HelpWithDefaults)
-    p.add_argument("--method", required=True, help="a method name (fmbench list)")
-    p.add_argument("--dataset", required=True, help="a dataset name (fmbench list)")
-    _setting(p, "trial", "seed", "seeds data, init, noise", type=int)
-    _setting(p, "train", "steps", "optimizer steps", type=_positive(int))
-    _setting(p, "train", "batch_size", "batch size", type=_positive(int))
-    _setting(p, "train", "lr", "peak learning rate", type=_positive(float))
-    _setting(p, "method", "sigma_min", "sigma_min of fm-ot / ot-cfm", type=float,
-             default_of="fm-ot")
-    _setting(p, "eval", "tol", "dopri5 atol = rtol for NFE and NLL", type=_positive(float))
-    _setting(p, "eval", "samples", "dopri5 samples for NFE and W2/MMD", type=_positive(int))
-    _setting(p, "eval", "nll_samples", "held-out examples for NLL", type=_positive(int))
-    _setting(p, "eval", "dequant_draws", "uniform dequantization draws K for bits/dim",
-             type=_positive(int))
-    _setting(p, "eval", "error_samples", "noise draws for numerical error vs NFE",
-             type=_positive(int))
-    _setting(p, "eval", "nfe_budgets", "NFE budgets of the fixed-step solvers",
-             type=_positive(int), nargs="+")
-    _setting(p, "eval", "fid_samples", "generated samples for FID of image data, 0 for none",
-             type=int)
-    _setting(p, "eval", "fid_features", "Inception (fid) or a small digit classifier "
-             "(fid_classifier)", choices=("inception", "classifier"))
-    _setting(p, "eval", "fid_nfe_samples", "samples per point of FID vs NFE, 0 for no curve",
-             type=int)
-    _setting(p, "train", "precision", "bf16 autocasts the forward pass", choices=("fp32", "bf16"))
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto)")
-    p.add_argument("--data-root", help="folder with dataset files ($FMBENCH_DATA)")
-    p.add_argument("--no-download", action="store_true", help="never download datasets")
-    p.add_argument("--out", default="trials", help="parent folder for the trial's files (trials)")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    _add_trial(sub)
     return parser
 
 
@@ -203,15 +211,16 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_trial(args) -> int:
+def _trial_spec(args) -> TrialSpec:
+    """The trial the flags describe, its names and method options checked before any data is
+    loaded or any step trained."""
     from pathlib import Path
 
-    from tqdm import tqdm
-
-    from harness.device import resolve_device
+    from harness.datasets import DATASETS
     from harness.evaluate import EvalConfig
+    from harness.methods import METHODS, build_method
     from harness.train import TrainConfig
-    from harness.trial import TrialSpec, run_trial
+    from harness.trial import TrialSpec
 
     if args.data_root is not None and not Path(args.data_root).expanduser().is_dir():
         raise DataError(f"data root {args.data_root} does not exist or is not a folder")
@@ -220,36 +229,39 @@ def cmd_trial(args) -> int:
                      data_root=args.data_root, download=not args.no_download,
                      train=TrainConfig(**_given(args, "train")),
                      eval=EvalConfig(**_given(args, "eval")), **_given(args, "trial"))
-    from harness.datasets import DATASETS
-    from harness.methods import METHODS, build_method
-
-    METHODS.entry(spec.method)  # validate names and options before loading data or training
+    METHODS.entry(spec.method)
     DATASETS.entry(spec.dataset)
     if options:
         build_method(spec.method, **options)
-    device = resolve_device(args.device)
-    bars: list[tqdm] = []  # created at the first step, so early errors print no bar
+    return spec
 
-    def progress(step: int, loss: float) -> None:
-        if not bars:
-            bars.append(tqdm(total=spec.train.steps, desc=f"train {spec.name}", file=sys.stderr,
-                             unit="step", dynamic_ncols=True, mininterval=0.5))
-        bar = bars[0]
-        bar.n = step
-        if step % 50 == 0 or step == spec.train.steps:
-            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
-            bar.refresh()
 
-    def announce(message: str) -> None:
-        print(message, file=sys.stderr)
+class _ProgressBar:
+    """Training progress on stderr; the bar appears at the first step, so an error before
+    training prints none."""
 
-    try:
-        result = run_trial(spec, Path(args.out) / spec.name, device=device, progress=progress,
-                           announce=announce)
-    finally:
-        for bar in bars:
-            bar.close()
-    if args.json:
+    def __init__(self, total: int, title: str) -> None:
+        self.total, self.title, self.bar = total, title, None
+
+    def __call__(self, step: int, loss: float) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, desc=self.title, file=sys.stderr, unit="step",
+                            dynamic_ncols=True, mininterval=0.5)
+        self.bar.n = step
+        if step % 50 == 0 or step == self.total:
+            self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _print_trial(result, spec, device, as_json: bool) -> None:
+    """A finished trial: its record (JSON) or a short table on stdout, its warnings on stderr."""
+    if as_json:
         payload = result.to_json()
         payload.pop("losses")
         print(json.dumps(payload, default=str))
@@ -263,6 +275,23 @@ def cmd_trial(args) -> int:
             print(f"  FID   {p.solver:<8} NFE {p.nfe:<4.0f} {p.fid:.4g}")
     for warning in result.evaluation.warnings:
         print(f"fmbench: warning: {warning}", file=sys.stderr)
+
+
+def cmd_trial(args) -> int:
+    from pathlib import Path
+
+    from harness.device import resolve_device
+    from harness.trial import run_trial
+
+    spec = _trial_spec(args)
+    device = resolve_device(args.device)
+    progress = _ProgressBar(spec.train.steps, f"train {spec.name}")
+    try:
+        result = run_trial(spec, Path(args.out) / spec.name, device=device, progress=progress,
+                           announce=lambda message: print(message, file=sys.stderr))
+    finally:
+        progress.close()
+    _print_trial(result, spec, device, args.json)
     return 0
 
 

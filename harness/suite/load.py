@@ -2,10 +2,11 @@
 values each takes, and the rules between them, all checked before anything runs.
 
 A typo found after an hour of training wastes the hour, so :func:`load_suite` checks every field
-(names, options, types, ranges) and raises :class:`SuiteError` with one line naming the file, the
-field and the problem. A rule that a config class, a method or a model already enforces is not
-written again here: the value is handed to it and its error reported at the field
-(:meth:`Check.build`). Pure: no Ray, no MLflow. The schema is documented in ``suites/README.md``.
+(names, options, types, ranges) and raises :class:`~harness.suite.checks.SuiteError` with one
+line naming the file, the field and the problem. A rule that a config class, a method or a model
+already enforces is not written again here: the value is handed to it and its error reported at
+the field (:meth:`Check.build`). Pure: no Ray, no MLflow. The schema is documented in
+``suites/README.md``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from harness.evaluate import EvalConfig
 from harness.methods import METHODS, build_method, method_options
 from harness.models import MODELS, build_model, model_options
 from harness.models.embedding import check_time_scale
-from harness.suite.checks import Check, SuiteError, describe_value, show_value
+from harness.suite.checks import Check, describe_value, show_value
 from harness.suite.model import DatasetEntry, MethodEntry, Resources, Suite
 from harness.suite.reading import read_suite_file
 from harness.train import TrainConfig
