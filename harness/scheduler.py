@@ -53,10 +53,11 @@ def submit_evaluation(spec, checkpoint_dir: str, logger: RunLogger, plan, option
     return ray.remote(eval_task).options(**options).remote(spec, checkpoint_dir, logger, *refs), refs
 
 
-
 # -- the driver ---------------------------------------------------------------------------------
 @dataclass
 class TrialState:
+    """One trial as the driver follows it, from queued to how it ended."""
+
     trial: Any
     logger: RunLogger | None = None
     status: str = "queued"  # queued, training, evaluating, finished, failed, skipped, killed
@@ -71,6 +72,8 @@ class TrialState:
 
 @dataclass(frozen=True)
 class SuiteSummary:
+    """What a run of the suite did, trial by trial (:func:`run_suite` returns it)."""
+
     suite: str
     parent_run_id: str | None
     states: list[TrialState]
@@ -270,7 +273,8 @@ class _Driver:
         self.force, self.commit, self.stream = force, commit, stream
         self.address, self.timeout, self.session = address, timeout, session
         self.inflight: dict[Any, tuple[str, TrialState]] = {}
-        self.waiting: list[tuple[str, TrialState]] = []  # (phase, state); evals go first: they end trials
+        # (phase, state) not yet submitted; evaluations go first: they end trials.
+        self.waiting: list[tuple[str, TrialState]] = []
         self.capacity = _Capacity()
         # Workers on other nodes do not see the driver's environment: pass fmbench's own settings
         # (data root, cache folder) with every task, and the tracking server's credentials (a
