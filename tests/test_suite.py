@@ -217,7 +217,7 @@ BAD = {  # id: (file text, field path, problem fragment)
     "huge steps as int": (MINIMAL + f"training: {{steps: {10**30}}}\n", "training.steps",
                           "reasonable integer"),
     "workers not splitting the batch": (MINIMAL + "resources: {train: {workers: 3}}\n",
-                                        "resources.train.workers", "does not split evenly over 3"),
+                                        "resources.train.workers", "must be divisible by the 3 training workers"),
     "zero workers on a dataset": (_replace("[8gaussians]", "[{name: moons, workers: 0}]"),
                                   "datasets[0].workers", "must be in 1..1024"),
     "shared GPU with workers": (MINIMAL + "resources: {train: {workers: 2, gpus: 0.5}}\n",

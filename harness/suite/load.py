@@ -27,7 +27,7 @@ from harness.models.embedding import check_time_scale
 from harness.suite.checks import Check, describe_value, show_value
 from harness.suite.model import DatasetEntry, MethodEntry, Resources, Suite
 from harness.suite.reading import read_suite_file
-from harness.train import TrainConfig
+from harness.train import Parallel, TrainConfig
 from harness.trial import MODEL_PRESETS
 
 MAX_SEEDS = 1000
@@ -275,11 +275,9 @@ def _check_batch_splits(c: Check, suite: Suite) -> None:
     """The training batch is the global batch: it splits evenly over each trial's workers."""
     for i, d in enumerate(suite.datasets):
         n = suite.train_resources.workers if d.workers is None else d.workers
-        if suite.training.batch_size % n:
-            where = ("datasets", i, "workers") if d.workers is not None else \
-                ("resources", "train", "workers")
-            c.fail(where, f"training batch_size {suite.training.batch_size} does not split "
-                          f"evenly over {n} workers")
+        where = ("datasets", i, "workers") if d.workers is not None else \
+            ("resources", "train", "workers")
+        c.build(Parallel(0, n).block, {"batch_size": suite.training.batch_size}, where)
 
 
 def _check_methods_differ(c: Check, suite: Suite) -> None:
