@@ -147,7 +147,7 @@ def make(args) -> int:
                       "settings_sha256": _sha(settings(spec)),
                       **{k: summarize([per_seed[s][k] for s in seeds]) for k in METRICS}})
     reference = {
-        "about": "fmbench drift reference (issue 13 §4); see benchmarks/reference.py",
+        "about": "fmbench drift reference; see benchmarks/reference.py",
         "command": " ".join(["python benchmarks/reference.py make", f"--suite {args.suite}",
                              f"--out {args.out}"]
                             + [f"--{k} {' '.join(map(str, v))}" for k, v in

@@ -7,14 +7,14 @@ evaluation) imports neither Ray nor MLflow; scheduling and tracking live in thei
 __version__ = "0.1.0"
 
 # Bumped whenever a change alters numbers a trial produces (losses, samples, metrics), so trial keys
-# of later issues (hash of resolved config + science version) never match results of older science.
+# (hash of resolved config + science version) never match results of older science (docs/design.md §4.1).
 SCIENCE_VERSION = "4"
 # 2: evaluation noise, Hutchinson probes and dequantization are drawn per chunk of batch_size from
 #    a seed derived from (eval seed, part, chunk) (harness.shards), so sharded and single-task
 #    evaluations agree exactly; mean NFEs weight each batch solve by its examples; NLL standard
 #    errors are over examples (each one estimate over its dequantization draws).
 # 3: networks' time code works on t's own scale by default (model option time_scale = 1; it was a
-#    fixed 1000, which made fields wiggle in t and inflated dopri5 NFE ~6x; issue 13 §1).
-# 4: the paper's protocol (issue 13 §2): `score-matching` is the paper's VP baseline with a network
+#    fixed 1000, which made fields wiggle in t and inflated dopri5 NFE ~6x).
+# 4: the paper's protocol (Lipman et al. 2022, App. E): `score-matching` is the paper's VP baseline with a network
 #    that outputs the score (the VE method is `score-matching-ve`, sigma_max from the data for every
 #    dataset); bits/dim is the importance-weighted estimate over K dequantization draws.

@@ -1,6 +1,6 @@
 """Generative methods: a path, what the network predicts, and how the training loss weighs it.
 
-Every method exposes the same three things (DESIGN.md §3): its prior (sampler and log-density), a
+Every method exposes the same three things (docs/design.md §2.2): its prior (sampler and log-density), a
 training loss on a data batch, and the velocity of its probability-flow ODE computed from the network
 output. Sampling, NFE and likelihood only ever use that velocity, so every method is measured the
 same way. A new method is a small class or factory plus a registry entry.
@@ -121,7 +121,7 @@ class Method(ABC):
 
 
 def epsilon_to_velocity(path: AffinePath, eps: Tensor, x: Tensor, t: Tensor) -> Tensor:
-    """v = d_alpha x1_hat + d_sigma eps with x1_hat = (x - sigma eps) / alpha (DESIGN.md §3).
+    """v = d_alpha x1_hat + d_sigma eps with x1_hat = (x - sigma eps) / alpha (docs/design.md §2.4).
 
     Written as (d_alpha/alpha) x + (d_sigma - d_alpha sigma/alpha) eps, which stays finite where
     alpha is tiny (VP at t = 0, alpha ~ 6.6e-3).

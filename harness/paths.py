@@ -1,4 +1,4 @@
-"""Affine conditional probability paths ``x_t = alpha_t x1 + sigma_t x0`` (DESIGN.md §3).
+"""Affine conditional probability paths ``x_t = alpha_t x1 + sigma_t x0`` (docs/design.md §2.1).
 
 Time runs from noise (t = 0, x0 ~ prior) to data (t = 1, x1 ~ data), as in Lipman et al. (2022).
 Each path gives alpha_t, sigma_t and their time derivatives in closed form; the conditional velocity

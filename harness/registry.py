@@ -67,5 +67,3 @@ class Registry(Generic[T]):
     def __len__(self) -> int:
         return len(self._entries)
 
-
-Factory = Callable[..., Any]

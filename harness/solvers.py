@@ -1,4 +1,4 @@
-"""ODE solvers for sampling and likelihood, with NFE counted at the network (DESIGN.md §3).
+"""ODE solvers for sampling and likelihood, with NFE counted at the network (docs/design.md §3.1).
 
 All solves go through torchdiffeq. Fixed-step solvers take an NFE budget (steps x stages) and an
 exact uniform time grid; ``dopri5`` takes tolerances. NFE is never read off a solver: wrap the

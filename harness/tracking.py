@@ -1,4 +1,4 @@
-"""MLflow tracking: the only module that talks to the tracking store (DESIGN.md §2).
+"""MLflow tracking: the only module that talks to the tracking store (docs/design.md §5).
 
 Layout users see in the MLflow UI: one experiment per suite, a parent run per ``fmbench run``
 invocation, one child run per trial tagged with its key. Workers log through :class:`RunLogger`,

@@ -1,4 +1,4 @@
-"""Bad input through the command line (issue 6): every case is one line on stderr naming the file
+"""Bad input through the command line: every case is one line on stderr naming the file
 and the problem, a non-zero exit, no traceback, and finished work left exactly as it was."""
 
 from __future__ import annotations

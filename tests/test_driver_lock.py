@@ -1,4 +1,4 @@
-"""One driver per (suite, store), with real ``fmbench run`` processes (issue 12): the lease on
+"""One driver per (suite, store), with real ``fmbench run`` processes: the lease on
 the invocation run, waiting for it, taking over a SIGKILLed driver's lease, closing the runs a
 dead driver left open, and a bounded Ray connect that creates no runs."""
 

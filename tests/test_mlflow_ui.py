@@ -1,4 +1,4 @@
-"""The MLflow UI shows a suite's training runs, not its GenAI view (issue 12), checked in a real
+"""The MLflow UI shows a suite's training runs, not its GenAI view, checked in a real
 browser: an ``mlflow server`` on 127.0.0.1 over a store fmbench wrote, opened in headless Debian
 Chromium at the link ``fmbench ui`` prints."""
 

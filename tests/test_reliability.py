@@ -1,4 +1,4 @@
-"""Fault injection on the real things (issue 6): a node removed mid-training, a driver killed with
+"""Fault injection on the real things: a node removed mid-training, a driver killed with
 SIGKILL, a diverging trial, a tracking server that restarts mid-suite."""
 
 from __future__ import annotations

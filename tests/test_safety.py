@@ -1,4 +1,4 @@
-"""Safe by default (issue 6): no input can run code, files are written atomically, and the servers
+"""Safe by default: no input can run code, files are written atomically, and the servers
 fmbench and its tests start listen on loopback only."""
 
 from __future__ import annotations

@@ -186,7 +186,7 @@ def test_queued_trials_are_scheduled_until_their_task_starts(tmp_path):
 
 def test_sharded_evaluation_through_ray_gives_the_single_task_metrics(ray_cluster, tmp_path):
     """The same checkpoint evaluated by one eval task and by shard tasks fanned out over the
-    cluster: NFE and samples exactly equal, NLL within 1e-6 (issue 8)."""
+    cluster: NFE and samples exactly equal, NLL within 1e-6."""
     text = TINY.format(name="shards", gpus=0, storage=tmp_path / "ckpt").replace(
         "tol: 1e-3,", "tol: 1e-3, batch_size: 40,")
     whole = tmp_path / "whole.yaml"

@@ -1,4 +1,4 @@
-"""The Score Matching baselines (issue 13 §2): the paper's VP method with a direct score output
+"""The Score Matching baselines: the paper's VP method with a direct score output
 (Lipman et al. 2022, App. E.1), and the NCSN-style VE method whose sigma_max is the data's diameter."""
 
 import numpy as np

@@ -1,5 +1,5 @@
 """The networks' time code: t on its own scale by default, so fields are smooth in t and adaptive
-solvers take few steps (issue 13 §1); ``time_scale`` is a recorded model option in the trial key.
+solvers take few steps (docs/design.md §2.4); ``time_scale`` is a recorded model option in the trial key.
 
 Thresholds come from measurements on this code (dopri5, atol = rtol = 1e-5): untrained networks take
 20 evaluations with the default and 104-302 with time_scale = 1000; a 300-step fm-ot MLP on

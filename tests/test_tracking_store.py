@@ -1,4 +1,4 @@
-"""The tracking store as a user can get it wrong (issue 12): a damaged or missing store, a URI
+"""The tracking store as a user can get it wrong: a damaged or missing store, a URI
 MLflow cannot use, two drivers creating one store at once, a server that wants credentials.
 Every case is one line on stderr, and a read-only command leaves the store byte for byte as it
 was (or absent)."""

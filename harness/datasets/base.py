@@ -2,7 +2,7 @@
 
 Continuous data (2-D toys) are stored as float32 in model space. Discrete data (images) are stored
 as their integer intensity levels ``n in {0, ..., levels - 1}`` (uint8) and mapped to model space
-with uniform dequantization ``x = 2 (n + u) / levels - 1, u ~ U[0, 1)^D`` (DESIGN.md §3), so the
+with uniform dequantization ``x = 2 (n + u) / levels - 1, u ~ U[0, 1)^D`` (docs/design.md §3.2), so the
 density a model learns is the one whose likelihood is reported in bits/dim.
 """
 

@@ -1,5 +1,5 @@
 """Reports rebuilt from MLflow alone: the comparison table, sampling-efficiency and training curves,
-samples, the paper's claims checked on the data, and cost and provenance (DESIGN.md §1.3).
+samples, the paper's claims checked on the data, and cost and provenance (docs/design.md §1.1).
 
 Data flow one way: :mod:`collect` (MLflow -> pandas) -> :mod:`grid` (planned trials with their
 runs) -> :mod:`tables`, :mod:`claims`, :mod:`figures`, :mod:`provenance` -> :mod:`render` (files).
