@@ -7,7 +7,7 @@ Methods, datasets, models, solvers and metrics are looked up by name; an unknown
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Generic, Iterator, TypeVar
 
 from harness.errors import UnknownNameError
 
