@@ -11,11 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from harness.datasets.base import Dataset
+from harness.datasets import images, toy2d  # noqa: F401  (they register into DATASETS)
+from harness.datasets.base import DATASETS, Dataset
 from harness.errors import ConfigError
-from harness.registry import Registry
-
-DATASETS: Registry = Registry("dataset")
 
 DEFAULT_ROOT = "~/.cache/fmbench/data"
 """Data root when none is given and ``FMBENCH_DATA`` is unset (shared by all image datasets)."""
@@ -44,8 +42,5 @@ def load_dataset(name: str, *, seed: int = 0, root: str | os.PathLike | None = N
         raise ConfigError(f"dataset seed must be a non-negative integer, got {seed!r}")
     return loader(seed=seed, root=data_root(root), download=download)
 
-
-# Imported last: the modules register into DATASETS defined above.
-from harness.datasets import images, toy2d  # noqa: E402,F401
 
 __all__ = ["DATASETS", "DEFAULT_ROOT", "Dataset", "data_root", "load_dataset"]

@@ -12,6 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.registry import Registry
+
+DATASETS: Registry = Registry("dataset")
+"""Every dataset's loader by name; the loader modules register into it, and importing
+:mod:`harness.datasets` imports them all, so ``DATASETS.names()`` is complete there."""
+
 
 @dataclass(frozen=True, eq=False)
 class Dataset:

@@ -19,8 +19,7 @@ from urllib.error import URLError
 import numpy as np
 import torch
 
-from harness.datasets import DATASETS
-from harness.datasets.base import Dataset
+from harness.datasets.base import DATASETS, Dataset
 from harness.errors import DataError
 
 

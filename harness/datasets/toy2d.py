@@ -18,8 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from harness.datasets import DATASETS
-from harness.datasets.base import Dataset
+from harness.datasets.base import DATASETS, Dataset
 
 N_TRAIN = 50_000
 N_TEST = 10_000
