@@ -346,14 +346,13 @@ def _fmt_metric(value) -> str:
 def cmd_run(args) -> int:
     from harness.scheduler import run_suite
     from harness.suite import load_suite
-    from harness.tracking import check_reachable, check_store, resolve_tracking_uri
+    from harness.tracking import Tracker
 
     suite = load_suite(args.suite)
-    uri = resolve_tracking_uri(args.tracking_uri or suite.tracking_uri)
-    check_reachable(uri)
-    check_store(uri, create=True)  # a damaged store: one line before anything is printed
+    tracker = Tracker(args.tracking_uri or suite.tracking_uri, suite.experiment)
+    tracker.check_writable()  # a damaged store: one line before anything is printed
     print(f"suite {suite.name}: {suite.size} trials", file=sys.stderr)
-    summary = run_suite(suite, address=args.address, tracking_uri=uri,
+    summary = run_suite(suite, address=args.address, tracker=tracker,
                         storage=args.storage, force=args.force, wait=args.wait,
                         connect_timeout=args.connect_timeout)
     rows = []
@@ -381,24 +380,23 @@ def _close_stale(uri: str, experiment: str, suite: str) -> None:
 
 
 def cmd_status(args) -> int:
+    from harness.record import State, TrialRun
     from harness.suite import load_suite
     from harness.tracking import Tracker, mask_uri
 
     suite = load_suite(args.suite)
     tracker = Tracker(args.tracking_uri or suite.tracking_uri, suite.experiment)
     _close_stale(tracker.uri, suite.experiment, suite.name)
-    runs = tracker.trial_runs()
+    runs = {key: TrialRun.of(run) for key, run in tracker.trial_runs().items()}
     rows = []
     for t in suite.trials():
         run = runs.get(t.key)
-        row = {"trial": t.name, "key": t.key,
-               "status": run.info.status.lower() if run else "not run"}
+        state = run.state if run else State.MISSING
+        row = {"trial": t.name, "key": t.key, "status": state.shown}
         if run is not None:
-            m = run.data.metrics
-            row.update({k: _fmt_metric(m.get(f"final/{k}")) for k in HEADLINE
-                        if f"final/{k}" in m})
-            if run.info.status == "FAILED":
-                row["reason"] = run.data.tags.get("fmbench.failure", "")
+            row.update({k: _fmt_metric(run.finals[k]) for k in HEADLINE if k in run.finals})
+            if state is State.FAILED:
+                row["reason"] = run.reason or ""
         rows.append(row)
     columns = ["trial", "key", "status", *[k for k in HEADLINE if any(k in r for r in rows)]]
     if any("reason" in r for r in rows):
@@ -429,7 +427,8 @@ def cmd_ui(args) -> int:
     import os
     import subprocess
 
-    from harness.tracking import (KIND, check_reachable, check_store, mask_uri, mlflow_client,
+    from harness.record import SUITE_KIND, kind_filter
+    from harness.tracking import (check_reachable, check_store, mask_uri, mlflow_client,
                                   resolve_tracking_uri, retry, split_credentials, ui_url)
 
     uri = resolve_tracking_uri(args.tracking_uri)
@@ -440,7 +439,7 @@ def cmd_ui(args) -> int:
     server = uri.startswith(("http://", "https://"))
     base = split_credentials(uri)[0].rstrip("/") if server else f"http://{args.host}:{args.port}"
     suites = [] if new else retry(
-        lambda: mlflow_client(uri).search_experiments(filter_string=f"tags.`{KIND}` = 'suite'"),
+        lambda: mlflow_client(uri).search_experiments(filter_string=kind_filter(SUITE_KIND)),
         "listing experiments", budget=10.0)
     if server:
         print(f"runs are on a tracking server: open {ui_url(base)}")

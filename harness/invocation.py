@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from harness.errors import HarnessError
+from harness.record import (HEARTBEAT, HOST, INVOCATION, KIND, LEASE, PARENT, PID, REASON,
+                            STARTED_AT, SUITE, State, TrialWriter, kind_filter, of_kind,
+                            tag_column)
 from harness.settings import env_seconds
-from harness.tracking import (KILLED, KIND, PARENT_TAG, REASON, RUNNING, SCHEDULED, SUITE, TAG,
-                              RunLogger, Tracker, retry)
+from harness.tracking import RunLogger, Tracker, all_runs, retry
 
-HOST, PID, STARTED_AT, HEARTBEAT, LEASE = (TAG + "host", TAG + "pid", TAG + "started_at",
-                                           TAG + "heartbeat", TAG + "lease")
 CANDIDATE, HELD = "candidate", "held"
+"""Values of the lease tag: elected or still a candidate."""
 DRIVER_GONE = "driver gone"
 """Start of the reason tag of an invocation closed because its heartbeat expired."""
 LOST_ELECTION = "another driver holds the suite"
@@ -68,7 +69,7 @@ def _last_beat(run) -> float:
 
 
 def _is_live(run, now: float, lease: float) -> bool:
-    return run.info.status == RUNNING and now - _last_beat(run) <= lease
+    return State.of(run.info.status) is State.RUNNING and now - _last_beat(run) <= lease
 
 
 def _order(run) -> tuple[int, str]:
@@ -96,22 +97,17 @@ class Holder:
 
 
 def _search(client, experiment_id: str, filter_string: str) -> list:
-    runs, token = [], None
-    while True:
-        page = retry(lambda: client.search_runs([experiment_id], filter_string=filter_string,
-                                                max_results=1000, page_token=token),
-                     "searching runs", budget=10.0)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    return list(all_runs(lambda token: retry(
+        lambda: client.search_runs([experiment_id], filter_string=filter_string,
+                                   max_results=1000, page_token=token),
+        "searching runs", budget=10.0)))
 
 
 def _running_invocations(client, experiment_id: str, suite: str) -> list:
     """The suite's invocation runs still RUNNING (the suite name is compared here, not quoted
     into the filter)."""
-    runs = _search(client, experiment_id,
-                   f"tags.`{KIND}` = 'invocation' and attributes.status = '{RUNNING}'")
+    runs = _search(client, experiment_id, f"{kind_filter(INVOCATION)} and "
+                                          f"attributes.status = '{State.RUNNING.status}'")
     return [r for r in runs if r.data.tags.get(SUITE) == suite]
 
 
@@ -136,11 +132,11 @@ def close_stale(uri: str | None, experiment: str, suite: str, lease: float | Non
             continue
         run_id = run.info.run_id
         reason = f"{DRIVER_GONE}: no heartbeat since {_utc(_last_beat(run))}"
-        for trial in _search(client, experiment_id, f"tags.`{PARENT_TAG}` = '{run_id}'"):
-            if trial.info.status in (RUNNING, SCHEDULED):
-                RunLogger(tracker.uri, trial.info.run_id).finish(
-                    KILLED, f"{reason} (invocation run {run_id})")
-        RunLogger(tracker.uri, run_id).finish(KILLED, reason)
+        for trial in _search(client, experiment_id, f"tags.`{PARENT}` = '{run_id}'"):
+            if not State.of(trial.info.status).ended:
+                TrialWriter(RunLogger(tracker.uri, trial.info.run_id)).end(
+                    State.KILLED, f"{reason} (invocation run {run_id})")
+        RunLogger(tracker.uri, run_id).finish(State.KILLED.status, reason)
         closed.append(run_id)
     return closed
 
@@ -192,9 +188,11 @@ class Lease:
     def run_id(self) -> str:
         return self.logger.run_id
 
-    def release(self, status: str, reason: str | None = None) -> None:
+    def release(self, state: State, reason: str | None = None) -> None:
+        """End the invocation run ``state`` (finished, failed or killed), with why if not
+        finished, and with it the lease."""
         self.heartbeat.stop()
-        self.logger.finish(status, reason)
+        self.logger.finish(state.status, reason)
 
 
 def wait_until_free(tracker: Tracker, suite: str, *, wait: bool, stream: TextIO = sys.stderr,
@@ -232,7 +230,7 @@ def acquire(tracker: Tracker, suite: str, name: str, tags: dict[str, Any], *, wa
     settle = min(1.0, interval) if settle is None else settle
     poll = interval if poll is None else poll
     now = time.time()
-    logger = tracker.start_run(name, {**tags, KIND: "invocation", SUITE: suite,
+    logger = tracker.start_run(name, {**tags, KIND: INVOCATION, SUITE: suite,
                                       HOST: socket.gethostname(), PID: os.getpid(),
                                       STARTED_AT: _utc(now), HEARTBEAT: f"{now:.3f}",
                                       LEASE: CANDIDATE})
@@ -254,7 +252,7 @@ def acquire(tracker: Tracker, suite: str, name: str, tags: dict[str, Any], *, wa
             "interrupted while waiting for the suite" if isinstance(exc, KeyboardInterrupt)
             else f"could not take the suite's lease: {str(exc)[:200]}")
         try:
-            logger.finish(KILLED, reason)
+            logger.finish(State.KILLED.status, reason)
         except Exception:  # already failing: the original error is the one to report
             pass
         raise
@@ -278,11 +276,12 @@ def _elect(tracker: Tracker, suite: str, mine: str, lease: float) -> Holder | No
 def gone_count(runs) -> int:
     """Invocations in a runs table (``mlflow.search_runs`` layout) closed by :func:`close_stale`:
     what the report's banner mentions."""
-    kind, reason = f"tags.{KIND}", f"tags.{REASON}"
-    if kind not in runs or reason not in runs or "status" not in runs:
+    reason = tag_column(REASON)
+    if tag_column(KIND) not in runs or reason not in runs or "status" not in runs:
         return 0
-    gone = runs[reason].fillna("").astype(str).str.startswith(DRIVER_GONE)
-    return int(((runs[kind] == "invocation") & (runs["status"] == KILLED) & gone).sum())
+    invocations = of_kind(runs, INVOCATION)
+    gone = invocations[reason].fillna("").astype(str).str.startswith(DRIVER_GONE)
+    return int(((invocations["status"] == State.KILLED.status) & gone).sum())
 
 
 def closed_note(closed: list[str]) -> str:

@@ -5,7 +5,8 @@ as the cluster has room and records how they end. With :mod:`harness.ddp` (Ray T
 Each trial is a train task followed by an eval task, each with the suite's resources (fractional
 GPUs allowed). Tasks log straight to their MLflow run through a picklable RunLogger and return a
 small summary to the driver, which shows progress, skips finished trials (same key), reopens
-unfinished ones (training resumes from the checkpoint), and cancels everything on Ctrl-C.
+unfinished ones (training resumes from the checkpoint), and cancels everything on Ctrl-C. Every
+trial state, and how the driver writes it, is :mod:`harness.record`'s.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Any, Callable, TextIO
 
 from harness.ddp import train_parallel_task
 from harness.ray_session import RaySession, init_ray
+from harness.record import State, TrialRun, TrialWriter, invocation_tags, invocation_totals
 from harness.tasks import eval_task, shard_task, train_task
-from harness.tracking import (CREDENTIALS, FAILED, FINISHED, KEY, KILLED, KIND, REASON, SCHEDULED,
-                              SUITE, RunLogger, Tracker, git_commit)
+from harness.tracking import CREDENTIALS, RunLogger, Tracker, git_commit
 
 SHARD_COST = {"error": 20.0, "likelihood": 3.0}
 """Rough cost per example of an evaluation part relative to sampling, measured on 2-D data: the
@@ -54,13 +55,20 @@ def submit_evaluation(spec, checkpoint_dir: str, logger: RunLogger, plan, option
 
 
 # -- the driver ---------------------------------------------------------------------------------
+PROGRESS = ("queued", "training", "evaluating", "finished", "failed", "skipped", "killed")
+"""What the driver shows of a trial (:attr:`TrialState.status`)."""
+
+
 @dataclass
 class TrialState:
-    """One trial as the driver follows it, from queued to how it ended."""
+    """One trial as the driver follows it, from no run to how it ended: its record's
+    :class:`State`, and which of its tasks is in Ray's hands."""
 
     trial: Any
-    logger: RunLogger | None = None
-    status: str = "queued"  # queued, training, evaluating, finished, failed, skipped, killed
+    writer: TrialWriter | None = None
+    state: State = State.MISSING
+    task: str = ""  # "training" or "evaluating" while that task is submitted, else ""
+    skipped: bool = False  # finished by an earlier driver: nothing to do
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     started: float = 0.0
@@ -68,6 +76,18 @@ class TrialState:
     plan: list | None = None  # the evaluation's shards, from the train task
     shard_refs: list = field(default_factory=list)
     stale_reason: bool = False  # the reopened run still has an earlier attempt's failure tag
+
+    @property
+    def status(self) -> str:
+        """One of :data:`PROGRESS`: skipped, the task in flight, queued while the trial waits
+        for one, else how it ended."""
+        if self.skipped:
+            return "skipped"
+        return self.state.value if self.state.ended else self.task or "queued"
+
+    def move(self, state: State, reason: str = "") -> None:
+        """The trial went to ``state`` (a change :data:`harness.record.TRANSITIONS` allows)."""
+        self.state, self.reason = self.state.to(state), reason or self.reason
 
 
 @dataclass(frozen=True)
@@ -140,8 +160,7 @@ class _Progress:
         if not force and now - self.last < (0.5 if self.tty else 10.0):
             return
         self.last = now
-        c = {k: sum(s.status == k for s in states) for k in
-             ("queued", "training", "evaluating", "finished", "failed", "skipped", "killed")}
+        c = {k: sum(s.status == k for s in states) for k in PROGRESS}
         done = [s.seconds for s in states if s.status == "finished" and s.seconds]
         running = c["training"] + c["evaluating"]
         remaining = c["queued"] + running
@@ -185,32 +204,35 @@ def _fmt(seconds: float) -> str:
 
 def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = None,
               storage: str | None = None, force: bool = False, wait: bool = False,
-              connect_timeout: float | None = None, stream: TextIO = sys.stderr) -> SuiteSummary:
+              connect_timeout: float | None = None, stream: TextIO = sys.stderr,
+              tracker: Tracker | None = None) -> SuiteSummary:
     """Run every trial of ``suite`` that has no finished run with the same key.
 
-    One driver per suite and store (:mod:`harness.invocation`): another live driver makes this
-    one fail (or, with ``wait``, wait) before it starts Ray or creates a run. Ray is joined or
-    started only when there is work, and before any run is created, so a cluster that does not
-    answer leaves nothing behind in MLflow."""
+    The store: ``tracker`` (the suite's experiment, already checked by ``fmbench run``), else
+    ``tracking_uri`` or the suite's. One driver per suite and store (:mod:`harness.invocation`):
+    another live driver makes this one fail (or, with ``wait``, wait) before it starts Ray or
+    creates a run. Ray is joined or started only when there is work, and before any run is
+    created, so a cluster that does not answer leaves nothing behind in MLflow."""
     from harness.invocation import acquire
 
-    tracker = _open_store(suite, tracking_uri, wait, stream)
+    tracker = _open_store(suite, tracker or Tracker(tracking_uri or suite.tracking_uri,
+                                                    suite.experiment), wait, stream)
     storage = storage or suite.checkpoint_root
     started = time.monotonic()
     commit = git_commit()
     states = [TrialState(t) for t in suite.trials()]
-    existing = tracker.trial_runs()
+    existing = _read_runs(tracker)
     session = RaySession()
     if force or any(_unfinished(existing.get(s.trial.key)) for s in states):
         session = init_ray(address, connect_timeout)  # a suite with nothing to do never starts Ray
     try:
         name = f"{suite.name} @ {time.strftime('%Y-%m-%d %H:%M:%S')}"
-        lease = acquire(tracker, suite.name, name, {"fmbench.git_commit": commit}, wait=wait,
-                        stream=stream)
+        lease = acquire(tracker, suite.name, name, invocation_tags(suite.name, commit),
+                        wait=wait, stream=stream)
 
         def drive() -> SuiteSummary:
             # The driver waited for may have finished or failed trials meanwhile.
-            runs = tracker.trial_runs() if lease.waited else existing
+            runs = _read_runs(tracker) if lease.waited else existing
             driver = _Driver(suite, tracker, lease.logger, storage, force, commit, stream,
                              address=address, timeout=connect_timeout, session=session)
             return driver.run(states, runs, started)
@@ -220,12 +242,16 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
         session.close()
 
 
-def _open_store(suite, tracking_uri: str | None, wait: bool, stream: TextIO) -> Tracker:
+def _read_runs(tracker: Tracker) -> dict[str, TrialRun]:
+    """The newest run of each trial key, as the driver reads it."""
+    return {key: TrialRun.of(run) for key, run in tracker.trial_runs().items()}
+
+
+def _open_store(suite, tracker: Tracker, wait: bool, stream: TextIO) -> Tracker:
     """The suite's tracking store, once no other live driver holds the suite (or, with ``wait``,
     once it is free): invocations whose driver is gone are closed first, and said so."""
     from harness.invocation import close_stale, closed_note, wait_until_free
 
-    tracker = Tracker(tracking_uri or suite.tracking_uri, suite.experiment)
     tracker.connect()  # before any worker exists: the store and experiment are created once
     closed = close_stale(tracker.uri, suite.experiment, suite.name)
     if closed:
@@ -241,20 +267,24 @@ def _under_lease(lease, work: Callable[[], SuiteSummary]) -> SuiteSummary:
     try:
         summary = work()
     except KeyboardInterrupt:
-        lease.release(KILLED, "interrupted (Ctrl-C)")
+        lease.release(State.KILLED, INTERRUPTED)
         raise
     except BaseException as exc:
-        lease.release(FAILED, _first_line(exc))
+        lease.release(State.FAILED, _first_line(exc))
         raise
     finally:
         lease.heartbeat.stop()
-    lease.release(FINISHED if summary.ok else FAILED,
+    lease.release(State.FINISHED if summary.ok else State.FAILED,
                   None if summary.ok else f"{summary.count('failed')} trial(s) failed")
     return summary
 
 
-def _unfinished(run) -> bool:
-    return run is None or run.info.status != FINISHED
+INTERRUPTED = "interrupted (Ctrl-C)"
+"""Why runs end KILLED when the driver is interrupted (Ctrl-C or SIGTERM)."""
+
+
+def _unfinished(run: TrialRun | None) -> bool:
+    return run is None or run.state is not State.FINISHED
 
 
 def _resources(trial, phase: str):
@@ -282,7 +312,7 @@ class _Driver:
         env = {k: v for k, v in os.environ.items() if k.startswith("FMBENCH_") or k in CREDENTIALS}
         self.runtime_env = {"runtime_env": {"env_vars": env}} if env else {}
 
-    def run(self, states: list[TrialState], existing: dict[str, Any],
+    def run(self, states: list[TrialState], existing: dict[str, TrialRun],
             started: float) -> SuiteSummary:
         """Run the trials of ``states`` that ``existing`` (runs by key) has not finished."""
         import ray
@@ -293,7 +323,7 @@ class _Driver:
         todo = [s for s in states if self.force or _unfinished(existing.get(s.trial.key))]
         for state in states:
             if state not in todo:
-                state.status = "skipped"
+                state.state, state.skipped = State.FINISHED, True
         if todo and not ray.is_initialized():  # work appeared while this driver waited
             joined = init_ray(self.address, self.timeout)
             self.session.started, self.session.watchdog = joined.started, joined.watchdog
@@ -308,28 +338,25 @@ class _Driver:
         progress.close()
         summary = SuiteSummary(self.suite.name, self.parent.run_id, states,
                                time.monotonic() - started)
-        self.parent.log_metrics({"trials/finished": summary.count("finished"),
-                                 "trials/failed": summary.count("failed"),
-                                 "trials/skipped": summary.count("skipped"),
-                                 "time/wall_s": summary.seconds})
+        self.parent.log_metrics(invocation_totals(summary.count("finished"),
+                                                  summary.count("failed"),
+                                                  summary.count("skipped"), summary.seconds))
         return summary
 
-    def _open(self, state: TrialState, run) -> None:
+    def _open(self, state: TrialState, run: TrialRun | None) -> None:
         """Give the trial its run: the unfinished ``run`` of an earlier driver reopened (training
         resumes from its checkpoint), else a new one; ``force`` starts over from scratch."""
         t = state.trial
         if self.force:
             shutil.rmtree(_checkpoint_dir(self.storage, self.suite.name, t.key), ignore_errors=True)
-        tags = {KIND: "trial", SUITE: self.suite.name, KEY: t.key, "fmbench.method": t.method.label,
-                "fmbench.dataset": t.dataset.name, "fmbench.seed": t.seed,
-                "fmbench.git_commit": self.commit}
         if run is not None and not self.force:
-            state.logger = self.tracker.reopen(run.info.run_id)  # resumes from its checkpoint
-            state.logger.set_tags({"mlflow.parentRunId": self.parent.run_id})
-            state.stale_reason = REASON in run.data.tags  # cleared once the trial finishes
+            state.writer = TrialWriter.reopen(self.tracker, run, t, self.parent.run_id)
+            state.stale_reason = run.reason is not None  # cleared once the trial finishes
+            state.state = run.state
         else:
-            state.logger = self.tracker.start_run(t.name, tags, parent_id=self.parent.run_id,
-                                                  status=SCHEDULED)
+            state.writer = TrialWriter.create(self.tracker, self.suite.name, t, self.commit,
+                                              self.parent.run_id)
+        state.move(State.SCHEDULED)
         state.started = time.monotonic()
 
     def _pump(self) -> None:
@@ -348,7 +375,7 @@ class _Driver:
             self.waiting.pop(0)
             self.inflight[self._submit(phase, state, res)] = (phase, state)
             self.capacity.take(res)
-            state.status = phase
+            state.task = phase
 
     def _submit(self, phase: str, state: TrialState, res):
         """Submit the task of ``phase`` for ``state``'s trial; returns its Ray reference."""
@@ -356,7 +383,7 @@ class _Driver:
         ckpt = str(_checkpoint_dir(self.storage, self.suite.name, t.key))
         options = dict(num_cpus=res.cpus, num_gpus=res.gpus, name=f"{phase[:5]}:{t.name}",
                        max_retries=TASK_RETRIES, retry_exceptions=False, **self.runtime_env)
-        args = (t.spec, ckpt, state.logger)
+        args = (t.spec, ckpt, state.writer.logger)
         if phase == "evaluating":
             ref, state.shard_refs = submit_evaluation(*args, state.plan, options)
             return ref
@@ -394,26 +421,29 @@ class _Driver:
 
         phase, state = self.inflight.pop(ref)
         self.capacity.give(_resources(state.trial, phase))
+        state.task = ""
         try:
             value = ray.get(ref)
         except Exception as exc:  # the task failed: record why, keep the others going
             for shard in state.shard_refs:  # an evaluation that failed leaves none running
                 ray.cancel(shard, force=True)
-            state.status, state.reason = "failed", _first_line(exc)
-            state.logger.finish(FAILED, state.reason)
+            state.move(State.FAILED, _first_line(exc))
+            state.writer.end(State.FAILED, state.reason)
             state.stale_reason = False
             self.stream.write(f"\n{state.trial.name} failed: {state.reason}\n")
             return
-        if phase == "training":
+        if phase == "training":  # the train task marked the run RUNNING
             state.plan = value.get("shards")
             self.waiting.insert(0, ("evaluating", state))
-            state.status = "queued"
+            if state.state is State.SCHEDULED:
+                state.move(State.RUNNING)
         else:
-            state.status, state.metrics = "finished", value
+            state.move(State.FINISHED)
+            state.metrics = value
             state.seconds = time.monotonic() - state.started
             if state.stale_reason:  # a failure or kill of an earlier attempt
-                state.logger.delete_tag(REASON)
-            state.logger.finish(FINISHED)
+                state.writer.clear_reason()
+            state.writer.end(State.FINISHED)
 
     def _cancel_all(self) -> None:
         """Cancel every task in flight (with its evaluation's shards) and mark every trial in
@@ -425,5 +455,6 @@ class _Driver:
                 ray.cancel(shard, force=True)
             ray.cancel(ref, force=True)
         for state in {id(s): s for _, s in [*self.inflight.values(), *self.waiting]}.values():
-            state.status, state.reason = "killed", "interrupted (Ctrl-C)"
-            state.logger.finish(KILLED, state.reason)
+            state.task = ""
+            state.move(State.KILLED, INTERRUPTED)
+            state.writer.end(State.KILLED, INTERRUPTED)

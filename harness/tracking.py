@@ -1,16 +1,16 @@
 """MLflow tracking: the only module that talks to the tracking store (docs/design.md §5).
 
 Layout users see in the MLflow UI: one experiment per suite, a parent run per ``fmbench run``
-invocation, one child run per trial tagged with its key. Workers log through :class:`RunLogger`,
-which is picklable (it carries the URI and run id, not a client) and retries with backoff, so a
-tracking server that restarts for a few seconds loses nothing.
+invocation, one child run per trial tagged with its key; what each run holds, and every name in
+it, is :mod:`harness.record`'s. Workers log through :class:`RunLogger`, which is picklable (it
+carries the URI and run id, not a client) and retries with backoff, so a tracking server that
+restarts for a few seconds loses nothing.
 """
 
 from __future__ import annotations
 
 import base64
 import fcntl
-import json
 import os
 import re
 import sqlite3
@@ -27,14 +27,18 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from harness import __version__
 from harness.errors import HarnessError
+from harness.record import (EXPERIMENT_KIND, HARNESS_VERSION, KEY, KIND, PARENT, REASON,
+                            SUITE_KIND, TRAINING_KIND, TRIAL, State, flatten, kind_filter)
+from harness.record import SUITE, TAG  # noqa: F401  (importable from here, as before the record)
 from harness.settings import env_seconds
 
 T = TypeVar("T")
 
-TAG = "fmbench."
-KIND, SUITE, KEY, REASON = TAG + "kind", TAG + "suite", TAG + "trial_key", TAG + "failure"
-PARENT_TAG = "mlflow.parentRunId"
-FINISHED, FAILED, KILLED, RUNNING, SCHEDULED = "FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED"
+# Run statuses as MLflow spells them, importable from here as before the record owned them.
+FINISHED, FAILED, KILLED, RUNNING, SCHEDULED = (State.FINISHED.status, State.FAILED.status,
+                                                State.KILLED.status, State.RUNNING.status,
+                                                State.SCHEDULED.status)
+PARENT_TAG = PARENT
 
 
 class TrackingError(HarnessError):
@@ -48,11 +52,6 @@ DATABASES = ("postgresql", "mysql", "mssql")
 """Server databases MLflow keeps runs in besides SQLite (``scheme`` or ``scheme+driver``)."""
 MLFLOW_TABLES = frozenset({"alembic_version", "experiments", "runs"})
 """Tables every MLflow SQLite store has: a database without them is someone else's."""
-EXPERIMENT_KIND = "mlflow.experimentKind"
-TRAINING_KIND = "custom_model_development"
-"""The experiment tag MLflow 3's UI offers for "model training" experiments (the GenAI kind is
-``genai_development``). MLflow 3.17's UI ignores it and picks its view from ``workflowType``
-(see :func:`ui_url`); fmbench sets it anyway for UIs and tools that read it."""
 
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 """MLflow's variables for a server's credentials: also passed to Ray tasks on other nodes."""
@@ -356,18 +355,6 @@ def retry(fn: Callable[[], T], what: str, budget: float | None = None,
             wait = min(wait * 2, max_wait)
 
 
-def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """{"train": {"lr": 1e-3}} -> {"train.lr": "0.001"}: MLflow params are flat strings."""
-    out: dict[str, str] = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = json.dumps(value, default=str) if not isinstance(value, str) else value
-    return out
-
-
 def git_commit() -> str:
     """The commit of the checkout fmbench runs from, or "unknown" outside a git checkout."""
     try:
@@ -385,6 +372,18 @@ def mlflow_client(uri: str):
     from mlflow import MlflowClient  # imported lazily: the science core never needs MLflow
 
     return MlflowClient(tracking_uri=uri)
+
+
+def all_runs(search: Callable[[str | None], Any]) -> Iterator[Any]:
+    """Every run of a paged search: ``search(page_token)`` returns one page (MLflow's
+    ``PagedList``, whose ``token`` names the next page, or is empty after the last one)."""
+    token = None
+    while True:
+        page = search(token)
+        yield from page
+        token = page.token
+        if not token:
+            return
 
 
 @dataclass(frozen=True)
@@ -456,6 +455,7 @@ class Tracker:
         self.uri = resolve_tracking_uri(uri)
         self.experiment = experiment
         self._experiment_id: str | None = None
+        self._new: bool | None = None  # what check_writable found: None before it ran
 
     @property
     def client(self):
@@ -464,15 +464,25 @@ class Tracker:
         check_readable(self.uri)
         return mlflow_client(self.uri)
 
+    def check_writable(self) -> None:
+        """Check the store as a writer would open it (a server answers, a local store is intact
+        or can be created), failing in one line; :meth:`connect` then trusts what was found, so
+        a command that checks first (``fmbench run``) still checks once."""
+        if self._new is None:
+            check_reachable(self.uri)
+            self._new = check_store(self.uri, create=True)
+
     def connect(self) -> str:
         """Check the store and create it if new (said on stderr) and the experiment once, here
         on the driver, before any worker touches the store. A SQLite store is created under
         :func:`store_lock`: two drivers starting together on a new store would race in MLflow's
         first migration. The experiment is tagged as a training experiment for MLflow's UI."""
         if self._experiment_id is None:
-            check_reachable(self.uri)
+            if self._new is None:
+                check_reachable(self.uri)
             with store_lock(self.uri):
-                if check_store(self.uri, create=True):
+                # A store found new may have been created since by another driver: look again.
+                if self._new is not False and check_store(self.uri, create=True):
                     print(f"creating tracking store {mask_uri(self.uri)}", file=sys.stderr)
                 _CHECKED.add(self.uri)
                 client = mlflow_client(self.uri)
@@ -481,7 +491,7 @@ class Tracker:
                     exp = client.get_experiment_by_name(self.experiment)
                     if exp is None:
                         return client.create_experiment(
-                            self.experiment, tags={KIND: "suite", EXPERIMENT_KIND: TRAINING_KIND})
+                            self.experiment, tags={KIND: SUITE_KIND, EXPERIMENT_KIND: TRAINING_KIND})
                     if exp.lifecycle_stage == "deleted":
                         client.restore_experiment(exp.experiment_id)
                     if EXPERIMENT_KIND not in exp.tags:  # made by an older fmbench
@@ -506,9 +516,9 @@ class Tracker:
     def start_run(self, name: str, tags: dict[str, Any], parent_id: str | None = None,
                   status: str = RUNNING) -> RunLogger:
         """Create a run; trials start SCHEDULED and turn RUNNING when their task starts."""
-        tags = {**tags, "fmbench.harness_version": __version__}
+        tags = {**tags, HARNESS_VERSION: __version__}
         if parent_id:
-            tags[PARENT_TAG] = parent_id
+            tags[PARENT] = parent_id
         exp = self.connect()
         run = retry(lambda: self.client.create_run(exp, tags={k: str(v) for k, v in tags.items()},
                                                    run_name=name), f"creating run {name}")
@@ -526,16 +536,10 @@ class Tracker:
     def trial_runs(self) -> dict[str, Any]:
         """Latest run per trial key in this experiment (MLflow ``Run`` objects); reads only."""
         exp = self.find()
-        runs: dict[str, Any] = {}
         if exp is None:
-            return runs
-        token = None
-        while True:
-            page = retry(lambda: self.client.search_runs(
-                [exp], filter_string=f"tags.`{KIND}` = 'trial'", max_results=1000,
-                order_by=["attributes.start_time ASC"], page_token=token), "searching runs")
-            for run in page:
-                runs[run.data.tags.get(KEY, "")] = run
-            token = page.token
-            if not token:
-                return runs
+            return {}
+        client = self.client
+        pages = all_runs(lambda token: retry(lambda: client.search_runs(
+            [exp], filter_string=kind_filter(TRIAL), max_results=1000,
+            order_by=["attributes.start_time ASC"], page_token=token), "searching runs"))
+        return {run.data.tags.get(KEY, ""): run for run in pages}

@@ -16,7 +16,7 @@ from harness.checkpoint import save_checkpoint
 from harness.cli import main
 from tests.servers import free_port
 from tests.test_suite import BAD, MINIMAL
-from tests.helpers import error_line
+from tests.helpers import error_line, finished_trial
 
 SUITE_CASES = {**BAD,
                "python tag runs no code": (
@@ -38,13 +38,9 @@ def _digest(*paths: Path) -> dict[str, str]:
 def finished_work(tmp_path_factory):
     """A tracking store with a finished trial run and a checkpoint: what bad input must not touch.
     Yields the store's URI and a check that both files are byte for byte as they were."""
-    from harness.tracking import FINISHED, Tracker
-
     folder = tmp_path_factory.mktemp("finished")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    logger = Tracker(uri, "t").start_run("fm-ot-8gaussians-s0", {"fmbench.kind": "trial"})
-    logger.log_metrics({"final/w2": 0.25}, step=10)
-    logger.finish(FINISHED)
+    finished_trial(uri, "t")
     ckpt = save_checkpoint(folder / "ckpt" / "t" / "key" / "checkpoint.pt",
                            {"step": 10, "w": torch.ones(3)})
     files = [folder / "mlflow.db", ckpt]

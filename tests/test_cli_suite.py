@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from harness import record
 from harness.cli import main
+from harness.record import State
 from tests.test_scheduler import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +64,7 @@ def test_ctrl_c_kills_outstanding_runs_and_exits_cleanly(ray_cluster, tmp_path, 
     while time.monotonic() < deadline:  # wait until training has logged its first losses
         exp = client.get_experiment_by_name("interrupt") if Path(tmp_path / "mlflow.db").exists() else None
         runs = client.search_runs([exp.experiment_id]) if exp else []
-        if any(r.data.metrics.get("train/loss") is not None for r in runs):
+        if any(r.data.metrics.get(record.LOSS) is not None for r in runs):
             break
         time.sleep(1)
     proc.send_signal(sig)
@@ -71,9 +73,9 @@ def test_ctrl_c_kills_outstanding_runs_and_exits_cleanly(ray_cluster, tmp_path, 
     assert err.strip().splitlines()[-1] == "fmbench: interrupted"
     assert "Traceback" not in err
     runs = client.search_runs([client.get_experiment_by_name("interrupt").experiment_id])
-    trials = [r for r in runs if r.data.tags.get("fmbench.kind") == "trial"]
-    assert len(trials) == 2 and all(r.info.status == "KILLED" for r in trials)
-    assert all(r.data.tags["fmbench.failure"] == "interrupted (Ctrl-C)" for r in trials)
+    trials = [r for r in runs if r.data.tags.get(record.KIND) == record.TRIAL]
+    assert len(trials) == 2 and all(r.info.status == State.KILLED.status for r in trials)
+    assert all(r.data.tags[record.REASON] == "interrupted (Ctrl-C)" for r in trials)
 
 
 def test_ui_serves_the_store_on_loopback(tmp_path):

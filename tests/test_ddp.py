@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness import record
 from harness.checkpoint import load_checkpoint
 from harness.ddp import train_distributed
 from harness.errors import ConfigError
@@ -74,9 +75,9 @@ def test_two_workers_reach_the_parameters_of_one_with_the_whole_batch(ray_cluste
     _assert_same_training(load_checkpoint(tmp_path / "ddp" / CHECKPOINT_NAME),
                           _single_process(spec, tmp_path / "single"))
     run = tracker.client.get_run(logger.run_id)
-    assert run.data.tags["fmbench.train_workers"] == "2"
-    assert run.data.tags["fmbench.per_worker_batch"] == "32"
-    history = tracker.client.get_metric_history(logger.run_id, "train/loss")
+    assert run.data.tags[record.TRAIN_WORKERS] == "2"
+    assert run.data.tags[record.PER_WORKER_BATCH] == "32"
+    history = tracker.client.get_metric_history(logger.run_id, record.LOSS)
     assert sorted(m.step for m in history) == [10, 20, 30]  # rank 0 alone logs
 
 
@@ -139,9 +140,9 @@ def test_a_killed_worker_resumes_from_the_checkpoint_in_the_same_run(ray_cluster
     client = tracker.client
     runs = client.search_runs([tracker.connect()])
     assert [r.info.run_id for r in runs] == [logger.run_id]  # one MLflow run for both attempts
-    starts = [m.value for m in client.get_metric_history(logger.run_id, "train/started_at_step")]
+    starts = [m.value for m in client.get_metric_history(logger.run_id, record.ATTEMPT_START)]
     assert sorted(starts) == [0, out["resumed_from"]], starts
-    steps = [m.step for m in client.get_metric_history(logger.run_id, "train/loss")]
+    steps = [m.step for m in client.get_metric_history(logger.run_id, record.LOSS)]
     assert sorted(steps) == list(range(10, 241, 10))  # each step once: no gap, no repeat
     ddp = load_checkpoint(folder / CHECKPOINT_NAME)
     assert ddp["step"] == 240

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from harness import invocation
+from harness import invocation, record
 from harness.invocation import (DRIVER_GONE, HEARTBEAT, HOST, LEASE, LOST_ELECTION, PID,
                                 SuiteLockedError, acquire, close_stale, gone_count)
-from harness.tracking import KEY, KIND, REASON, SUITE, Tracker
+from harness.record import INVOCATION, KEY, KIND, REASON, SUITE, TRIAL, State
+from harness.tracking import Tracker
 from tests.test_reliability import _checkpoint_step, _wait_for, _write
 
 ONE_LINE = re.compile(r"fmbench: error: [^\n]+\n")
@@ -81,15 +82,16 @@ def test_second_candidate_loses_names_the_holder_and_closes_its_run(tmp_path):
         text = str(err.value)
         assert f"host {socket.gethostname()}, pid {os.getpid()}, started 20" in text
         assert first.run_id in text and "--wait" in text and "\n" not in text
-        runs = {r.info.run_name: r for r in _runs(uri, "elect", "invocation")}
-        assert runs["first"].info.status == "RUNNING" and runs["first"].data.tags[LEASE] == "held"
-        assert runs["second"].info.status == "KILLED"
+        runs = {r.info.run_name: r for r in _runs(uri, "elect", INVOCATION)}
+        assert runs["first"].info.status == State.RUNNING.status
+        assert runs["first"].data.tags[LEASE] == invocation.HELD
+        assert runs["second"].info.status == State.KILLED.status
         assert runs["second"].data.tags[REASON] == LOST_ELECTION
     finally:
-        first.release("FINISHED")
+        first.release(State.FINISHED)
     # Released: the next candidate wins at once.
     third = acquire(tracker, "elect", "third", {}, wait=False, settle=0.05)
-    third.release("FINISHED")
+    third.release(State.FINISHED)
 
 
 def test_simultaneous_candidates_elect_exactly_one(tmp_path):
@@ -117,7 +119,7 @@ def test_simultaneous_candidates_elect_exactly_one(tmp_path):
         assert len(results) == 8 and len(won) == 1, results
     finally:
         for lease in won:
-            lease.release("FINISHED")
+            lease.release(State.FINISHED)
 
 
 def test_stale_invocation_and_its_open_trials_are_closed_with_the_reason(tmp_path, monkeypatch):
@@ -127,29 +129,29 @@ def test_stale_invocation_and_its_open_trials_are_closed_with_the_reason(tmp_pat
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "stale")
     old = time.time() - 3600
-    dead = tracker.start_run("dead", {KIND: "invocation", SUITE: "stale", HEARTBEAT: f"{old}"})
-    legacy = tracker.start_run("legacy", {KIND: "invocation", SUITE: "stale"})  # never beat
-    live = tracker.start_run("live", {KIND: "invocation", SUITE: "stale",
+    dead = tracker.start_run("dead", {KIND: INVOCATION, SUITE: "stale", HEARTBEAT: f"{old}"})
+    legacy = tracker.start_run("legacy", {KIND: INVOCATION, SUITE: "stale"})  # never beat
+    live = tracker.start_run("live", {KIND: INVOCATION, SUITE: "stale",
                                       HEARTBEAT: f"{time.time()}"})
-    other = tracker.start_run("other", {KIND: "invocation", SUITE: "another-suite",
+    other = tracker.start_run("other", {KIND: INVOCATION, SUITE: "another-suite",
                                         HEARTBEAT: f"{old}"})
-    trials = {status: tracker.start_run(status, {KIND: "trial", SUITE: "stale"},
-                                        parent_id=dead.run_id, status=status)
-              for status in ("RUNNING", "SCHEDULED", "FINISHED")}
+    trials = {state: tracker.start_run(state.value, {KIND: TRIAL, SUITE: "stale"},
+                                       parent_id=dead.run_id, status=state.status)
+              for state in (State.RUNNING, State.SCHEDULED, State.FINISHED)}
     # The legacy run started just now: younger than the lease, so it still counts as live.
     assert close_stale(uri, "stale", "stale") == [dead.run_id]
     client = MlflowClient(uri)
     run = client.get_run(dead.run_id)
-    assert run.info.status == "KILLED"
+    assert run.info.status == State.KILLED.status
     assert re.fullmatch(rf"{DRIVER_GONE}: no heartbeat since 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d UTC",
                         run.data.tags[REASON])
-    for status, logger in trials.items():
+    for state, logger in trials.items():
         after = client.get_run(logger.run_id)
-        assert after.info.status == ("FINISHED" if status == "FINISHED" else "KILLED")
-        if status != "FINISHED":
+        assert State.of(after.info.status) is (state if state.ended else State.KILLED)
+        if not state.ended:
             assert after.data.tags[REASON].startswith(DRIVER_GONE)
-    assert client.get_run(live.run_id).info.status == "RUNNING"
-    assert client.get_run(other.run_id).info.status == "RUNNING"  # another suite's business
+    assert client.get_run(live.run_id).info.status == State.RUNNING.status
+    assert client.get_run(other.run_id).info.status == State.RUNNING.status  # another suite's
     # Once older than the lease, a driver that never beat is gone too.
     later = set(close_stale(uri, "stale", "stale", now=time.time() + 10))
     assert later == {legacy.run_id, live.run_id}
@@ -166,15 +168,15 @@ def test_status_and_report_close_stale_invocations_and_the_report_says_so(tmp_pa
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "gone")
     old = f"{time.time() - 600}"
-    first = tracker.start_run("first", {KIND: "invocation", SUITE: "gone", HEARTBEAT: old})
+    first = tracker.start_run("first", {KIND: INVOCATION, SUITE: "gone", HEARTBEAT: old})
     assert main(["status", str(path), "--tracking-uri", uri]) == 0
-    assert MlflowClient(uri).get_run(first.run_id).info.status == "KILLED"
+    assert MlflowClient(uri).get_run(first.run_id).info.status == State.KILLED.status
     assert gone_count(Store(uri, "gone").runs("gone")) == 1
-    third = tracker.start_run("third", {KIND: "invocation", SUITE: "gone", HEARTBEAT: old})
+    third = tracker.start_run("third", {KIND: INVOCATION, SUITE: "gone", HEARTBEAT: old})
     from harness.report import build_report
 
     report = build_report(path, uri, tmp_path / "report", log=False)
-    assert MlflowClient(uri).get_run(third.run_id).info.status == "KILLED"
+    assert MlflowClient(uri).get_run(third.run_id).info.status == State.KILLED.status
     assert "2 invocations were killed (driver gone)" in report.status.banner()
 
 
@@ -260,7 +262,7 @@ def test_no_ray_cluster_is_one_line_and_creates_no_runs(tmp_path, case):
         # Ray says it found none, unless its own search outlasts the timeout on a busy machine.
         assert errors[0].endswith(("Could not find any running Ray instance", "within 3 s"))
     assert "Traceback" not in proc.stderr
-    assert _runs(uri, "noray", "invocation") == [] and _runs(uri, "noray", "trial") == []
+    assert _runs(uri, "noray", INVOCATION) == [] and _runs(uri, "noray", TRIAL) == []
     assert seconds < 60
 
 
@@ -280,9 +282,9 @@ def test_two_drivers_on_one_suite_one_trains_the_other_exits_or_waits(ray_cluste
         def a_trains():
             if a.poll() is not None:
                 raise AssertionError(f"driver A exited early: {a.stderr.read()[-2000:]}")
-            held = [r for r in _runs(uri, "twice", "invocation")
-                    if r.data.tags.get(LEASE) == "held"]
-            return held and _runs(uri, "twice", "trial")
+            held = [r for r in _runs(uri, "twice", INVOCATION)
+                    if r.data.tags.get(LEASE) == invocation.HELD]
+            return held and _runs(uri, "twice", TRIAL)
         _wait_for(a_trains, 180, "driver A to hold the suite and create its trial runs")
         c = subprocess.Popen([*command, "--wait"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=_env())
@@ -305,17 +307,17 @@ def test_two_drivers_on_one_suite_one_trains_the_other_exits_or_waits(ray_cluste
         in c_err
     assert "0 finished, 0 failed, 2 skipped" in c_out
 
-    trials = _runs(uri, "twice", "trial")
+    trials = _runs(uri, "twice", TRIAL)
     assert len(trials) == 2 and len({r.data.tags[KEY] for r in trials}) == 2  # one run per trial
     client = MlflowClient(uri)
     for run in trials:  # trained once: every loss point logged once, final metrics once
-        assert run.info.status == "FINISHED"
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert run.info.status == State.FINISHED.status
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, record.LOSS)]
         assert sorted(steps) == list(range(10, 601, 10))
-        assert len(client.get_metric_history(run.info.run_id, "final/nfe")) == 1
-    invocations = {r.data.tags[PID]: r for r in _runs(uri, "twice", "invocation")}
-    assert invocations[str(a.pid)].info.status == "FINISHED"
-    assert invocations[str(c.pid)].info.status == "FINISHED"
+        assert len(client.get_metric_history(run.info.run_id, record.final("nfe"))) == 1
+    invocations = {r.data.tags[PID]: r for r in _runs(uri, "twice", INVOCATION)}
+    assert invocations[str(a.pid)].info.status == State.FINISHED.status
+    assert invocations[str(c.pid)].info.status == State.FINISHED.status
     assert len(invocations) == 2  # B saw A's live lease before it created anything
 
 
@@ -335,7 +337,7 @@ def test_sigkilled_driver_lease_is_taken_over_and_its_local_ray_ends(tmp_path):
         def training():
             if a.poll() is not None:
                 raise AssertionError(f"driver A exited early: {a.stderr.read()[-2000:]}")
-            keys = [r.data.tags[KEY] for r in _runs(uri, "takeover", "trial")]
+            keys = [r.data.tags[KEY] for r in _runs(uri, "takeover", TRIAL)]
             return keys and _checkpoint_step(folder / keys[0]) >= 100 and keys[0]
         key = _wait_for(training, 240, "driver A's trial to checkpoint", poll=0.5)
         ray_processes = _descendants(a.pid)
@@ -362,19 +364,21 @@ def test_sigkilled_driver_lease_is_taken_over_and_its_local_ray_ends(tmp_path):
                        timeout=600)
     assert b.returncode == 0, b.stderr[-2000:]
     assert "1 finished, 0 failed, 0 skipped" in b.stdout
-    invocations = {r.data.tags[PID]: r for r in _runs(uri, "takeover", "invocation")}
+    invocations = {r.data.tags[PID]: r for r in _runs(uri, "takeover", INVOCATION)}
     dead = invocations[str(a.pid)]
-    assert dead.info.status == "KILLED"
+    assert dead.info.status == State.KILLED.status
     assert dead.data.tags[REASON].startswith(f"{DRIVER_GONE}: no heartbeat since ")
     assert dead.data.tags[HOST] == socket.gethostname()
-    assert sorted(r.info.status for r in invocations.values()) == ["FINISHED", "KILLED"]
-    (trial,) = _runs(uri, "takeover", "trial")  # reopened, not duplicated
-    assert trial.info.status == "FINISHED" and REASON not in trial.data.tags
+    assert sorted(State.of(r.info.status) for r in invocations.values()) == [State.FINISHED,
+                                                                             State.KILLED]
+    (trial,) = _runs(uri, "takeover", TRIAL)  # reopened, not duplicated
+    assert trial.info.status == State.FINISHED.status and REASON not in trial.data.tags
     client = MlflowClient(uri)
     starts = [m.step for m in client.get_metric_history(trial.info.run_id,
-                                                        "train/started_at_step")]
+                                                        record.ATTEMPT_START)]
     assert sorted(starts)[0] == 0 and len(starts) == 2 and sorted(starts)[1] >= 100
-    total, attempt = trial.data.metrics["time/train_s"], trial.data.metrics["time/train_attempt_s"]
+    metrics = trial.data.metrics
+    total, attempt = metrics[record.TRAIN_S], metrics[record.TRAIN_ATTEMPT_S]
     assert total > attempt > 0  # the first attempt's time (up to its checkpoint) is counted
     print(f"A's Ray ended {ended_after:.1f} s after SIGKILL; A reached step {reached}; "
           f"train_s {total:.1f} = this attempt {attempt:.1f} + earlier {total - attempt:.1f}")

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from harness import record
 from harness.cli import main
-from harness.tracking import FINISHED, Tracker, ui_url
+from harness.tracking import Tracker, ui_url
 from tests.servers import MlflowServer
-from tests.helpers import chromium
+from tests.helpers import chromium, finished_trial
 
 RUN_NAME = "fm-ot-8gaussians-s0"
 
@@ -33,9 +34,7 @@ def served(tmp_path_factory):
     """A store with one fmbench suite experiment and a finished trial, served on 127.0.0.1."""
     folder = tmp_path_factory.mktemp("ui")
     tracker = Tracker(f"sqlite:///{folder / 'mlflow.db'}", "smoke")
-    logger = tracker.start_run(RUN_NAME, {"fmbench.kind": "trial", "fmbench.suite": "smoke"})
-    logger.log_metrics({"final/w2": 0.25}, step=10)
-    logger.finish(FINISHED)
+    finished_trial(tracker.uri, "smoke", RUN_NAME, suite="smoke")
     server = MlflowServer(folder)
     server.start()
     try:
@@ -74,6 +73,6 @@ def test_experiment_opens_on_its_training_runs_in_chromium(served, tmp_path):
     # None of the GenAI view's sidebar or landing page (checked against it by hand).
     for genai in ("Sessions", "Judges", "Prompts", "Detect Issues"):
         assert genai not in text, genai
-    for tag in ("mlflow.experimentKind", "fmbench.kind"):
+    for tag in (record.EXPERIMENT_KIND, record.KIND):
         assert tag in Tracker(f"sqlite:///{folder / 'mlflow.db'}", "smoke").client \
             .get_experiment(exp).tags

@@ -16,9 +16,11 @@ import pytest
 from mlflow import MlflowClient
 
 from harness.checkpoint import load_checkpoint
+from harness import record
+from harness.record import KEY, State
 from harness.scheduler import run_suite
 from harness.suite import load_suite
-from harness.tracking import KEY, Tracker
+from harness.tracking import Tracker
 
 SUITE = """\
 name: {name}
@@ -70,7 +72,7 @@ def _all_trial_runs(uri: str, experiment: str) -> list:
     if exp is None:  # not created yet
         return []
     return [r for r in client.search_runs([exp.experiment_id], max_results=1000)
-            if r.data.tags.get("fmbench.kind") == "trial"]
+            if r.data.tags.get(record.KIND) == record.TRIAL]
 
 
 def _in_thread(fn, *args, **kwargs):
@@ -121,15 +123,15 @@ def test_node_lost_mid_training_resumes_elsewhere_in_the_same_run(ray_cluster, t
         runs = _all_trial_runs(uri, "node-loss")
         assert len(runs) == 1 and runs[0].data.tags[KEY] == trial.key
         run = runs[0]
-        assert run.info.status == "FINISHED"
-        assert run.data.tags["fmbench.train_node"] == replacement.node_id != victim.node_id
+        assert run.info.status == State.FINISHED.status
+        assert run.data.tags[record.TRAIN_NODE] == replacement.node_id != victim.node_id
         client = MlflowClient(uri)
-        starts = [step for step, _ in _history(client, run.info.run_id, "train/started_at_step")]
+        starts = [step for step, _ in _history(client, run.info.run_id, record.ATTEMPT_START)]
         assert starts[0] == 0 and len(starts) == 2 and reached <= starts[1] < 1500, starts
         # Continued, not restarted: every logged step exactly once, none missing.
-        losses = client.get_metric_history(run.info.run_id, "train/loss")
+        losses = client.get_metric_history(run.info.run_id, record.LOSS)
         assert sorted(m.step for m in losses) == list(range(10, 1501, 10))
-        assert {"final/nfe", "final/nll", "final/w2", "final/mmd"} <= set(run.data.metrics)
+        assert {record.final(m) for m in ("nfe", "nll", "w2", "mmd")} <= set(run.data.metrics)
     finally:
         for node in (victim, replacement):
             if node is not None and node in ray_cluster.worker_nodes:
@@ -137,7 +139,7 @@ def test_node_lost_mid_training_resumes_elsewhere_in_the_same_run(ray_cluster, t
 
 
 # -- 2. the driver is killed -----------------------------------------------------------------------
-FINAL = ("final/nfe", "final/nll", "final/w2", "final/mmd", "final/nll_nfe")
+FINAL = tuple(record.final(m) for m in ("nfe", "nll", "w2", "mmd", "nll_nfe"))
 
 
 def test_killed_driver_rerun_finishes_only_missing_trials_with_the_same_results(ray_cluster,
@@ -165,8 +167,8 @@ def test_killed_driver_rerun_finishes_only_missing_trials_with_the_same_results(
             if proc.poll() is not None:
                 raise AssertionError(f"fmbench run exited early: {proc.stderr.read()[-2000:]}")
             runs = _all_trial_runs(uri, "killed")
-            finished = [r for r in runs if r.info.status == "FINISHED"]
-            training = [r for r in runs if r.info.status == "RUNNING"
+            finished = [r for r in runs if r.info.status == State.FINISHED.status]
+            training = [r for r in runs if r.info.status == State.RUNNING.status
                         and 50 <= _checkpoint_step(tmp_path / "ckpt" / "killed" /
                                                    r.data.tags[KEY]) <= steps // 2]
             return len(finished) == 1 and training
@@ -175,7 +177,7 @@ def test_killed_driver_rerun_finishes_only_missing_trials_with_the_same_results(
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
     before = {r.data.tags[KEY]: r for r in _all_trial_runs(uri, "killed")}
-    assert sorted(r.info.status for r in before.values()).count("FINISHED") == 1
+    assert sorted(r.info.status for r in before.values()).count(State.FINISHED.status) == 1
 
     rerun = subprocess.run([*command, "--wait"], capture_output=True, text=True, env=env,
                            timeout=600)
@@ -185,21 +187,21 @@ def test_killed_driver_rerun_finishes_only_missing_trials_with_the_same_results(
     assert len(_all_trial_runs(uri, "killed")) == 3, "one run per trial, none duplicated"
     assert {k: r.info.run_id for k, r in after.items()} == {k: r.info.run_id for k, r in
                                                              before.items()}
-    assert all(r.info.status == "FINISHED" for r in after.values())
-    assert all("fmbench.failure" not in r.data.tags for r in after.values())  # cleared on finish
+    assert all(r.info.status == State.FINISHED.status for r in after.values())
+    assert all(record.REASON not in r.data.tags for r in after.values())  # cleared on finish
     invocations = [r for r in MlflowClient(uri).search_runs(
         [MlflowClient(uri).get_experiment_by_name("killed").experiment_id])
-        if r.data.tags.get("fmbench.kind") == "invocation"]
-    assert sorted(r.info.status for r in invocations) == ["FINISHED", "KILLED"]
-    assert [r.data.tags["fmbench.failure"] for r in invocations if r.info.status == "KILLED"
+        if r.data.tags.get(record.KIND) == record.INVOCATION]
+    assert sorted(State.of(r.info.status) for r in invocations) == [State.FINISHED, State.KILLED]
+    assert [r.data.tags[record.REASON] for r in invocations if r.info.status == State.KILLED.status
             ][0].startswith("driver gone: no heartbeat since ")
-    resumed = [r for r in before.values() if r.info.status == "RUNNING"]
+    resumed = [r for r in before.values() if r.info.status == State.RUNNING.status]
     client = MlflowClient(uri)
     for run in resumed:  # the interrupted training continued from its checkpoint
-        starts = _history(client, run.info.run_id, "train/started_at_step")
+        starts = _history(client, run.info.run_id, record.ATTEMPT_START)
         assert len(starts) == 2 and starts[1][0] >= 50, starts
         assert sorted(m.step for m in client.get_metric_history(
-            run.info.run_id, "train/loss")) == list(range(10, steps + 1, 10))
+            run.info.run_id, record.LOSS)) == list(range(10, steps + 1, 10))
 
     # The same suite never interrupted, in its own store and checkpoint folder.
     clean_uri = f"sqlite:///{tmp_path / 'clean.db'}"
@@ -226,10 +228,10 @@ def test_diverging_trial_fails_with_its_reason_and_the_report_shows_it(ray_clust
     out = io.StringIO()
     summary = run_suite(load_suite(path), tracking_uri=uri, stream=out)
     assert summary.count("finished") == 1 and summary.count("failed") == 1
-    runs = {r.data.tags["fmbench.method"]: r for r in _all_trial_runs(uri, "diverges")}
+    runs = {r.data.tags[record.METHOD]: r for r in _all_trial_runs(uri, "diverges")}
     failed, ok = runs["score-matching-ve"], runs["fm-ot"]
-    assert ok.info.status == "FINISHED" and failed.info.status == "FAILED"
-    reason = failed.data.tags["fmbench.failure"]
+    assert ok.info.status == State.FINISHED.status and failed.info.status == State.FAILED.status
+    reason = failed.data.tags[record.REASON]
     assert reason.startswith("DivergenceError: training loss became nan between steps 1 and 10")
     assert "score-matching-ve-moons-s0 failed: DivergenceError" in out.getvalue()
 
@@ -257,7 +259,7 @@ def test_tracking_server_restart_mid_suite_loses_nothing(ray_cluster, tmp_path):
 
         def logging_started():
             runs = _all_trial_runs(server.uri, "outage")
-            return len(runs) == 2 and all("train/loss" in r.data.metrics for r in runs)
+            return len(runs) == 2 and all(record.LOSS in r.data.metrics for r in runs)
         _wait_for(logging_started, 180, "both trials to log losses", poll=0.5)
         server.stop()
         down = time.monotonic()
@@ -271,12 +273,12 @@ def test_tracking_server_restart_mid_suite_loses_nothing(ray_cluster, tmp_path):
     try:
         assert summary.ok and summary.count("finished") == 2
         runs = _all_trial_runs(server.uri, "outage")
-        assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+        assert len(runs) == 2 and all(r.info.status == State.FINISHED.status for r in runs)
         client = MlflowClient(server.uri)
         for run in runs:
             assert set(FINAL) <= set(run.data.metrics)
             assert sorted(m.step for m in client.get_metric_history(
-                run.info.run_id, "train/loss")) == list(range(10, 801, 10))
+                run.info.run_id, record.LOSS)) == list(range(10, 801, 10))
         assert outage > 4
     finally:
         server.stop()

@@ -23,12 +23,15 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
 
+from harness import record
 from harness.cli import main
+from harness.evaluation_types import ErrorPoint, EvalResult, FIDPoint
+from harness.record import State, TrialRun, TrialWriter
 from harness.report import build_report, collect
 from harness.suite import load_suite
-from tests.helpers import chromium
+from harness.tracking import Tracker
+from tests.helpers import chromium, new_experiment
 
 SUITE = """\
 name: reptest
@@ -65,6 +68,8 @@ DURING = {("fm-ot", 0): [0.30, 0.12, 0.10], ("fm-ot", 1): [0.32, 0.14, 0.10],
           ("fm-ot", 2): [0.28, 0.10, 0.10], ("fm-diffusion", 0): [0.50, 0.30, 0.15],
           ("fm-diffusion", 1): [0.52, 0.28, 0.17]}
 TRAIN_S, EVAL_S = 60.0, 12.0
+STALE_KEY = "0123456789abcdef"
+"""The key of a run whose settings the suite file no longer has."""
 
 
 def _png(path: Path, colour: str) -> Path:
@@ -76,82 +81,91 @@ def _png(path: Path, colour: str) -> Path:
     return path
 
 
+def _started(tracker: Tracker, trial, fid_mode) -> TrialWriter:
+    """A trial run whose train task started: its params (the report reads the method and the
+    evaluation settings) and where it trains."""
+    writer = TrialWriter.create(tracker, "reptest", trial, "abc123def456")
+    config = {"method": trial.method.name, "dataset": trial.dataset.name, "seed": trial.seed,
+              "eval": {"tol": 1e-5, "fid_mode": fid_mode(trial), "fid_samples": 2000,
+                       "fid_nfe_samples": 500}}
+    writer.start(config, record.placement_tags("node-a", "cpu", ""))
+    return writer
+
+
+def _finished(writer: TrialWriter, trial, fid: str, pngs: Path) -> None:
+    """The rest of a finished trial's record: losses, curves, final metrics, samples."""
+    m, d, s = trial.method.name, trial.dataset.name, trial.seed
+    nll, quality, nfe = (MOONS if d == "moons" else DIGITS)[m]
+    nll_key, q_key = ("nll", "w2") if d == "moons" else ("bpd", fid)
+    writer.log_losses([(step, 1.0 / (1 + step)) for step in range(0, 50, 10)])
+    writer.log_train_time(TRAIN_S, TRAIN_S, 50)
+    if d == "moons" and (m, s) in DURING:
+        for step, value in zip((100, 200, 300), DURING[m, s]):
+            writer.log_during({"w2": value}, step)
+    if d == "digits" and m == "fm-ot":
+        for step in (100, 200, 300):
+            writer.log_during({fid: 20.0 - step / 50}, step)
+    metrics = {nll_key: nll[s], "nfe": nfe[s], "eval_time": EVAL_S}
+    if quality[s] is not None:
+        metrics[q_key] = quality[s]
+    evaluation = EvalResult(
+        metrics, [ErrorPoint("midpoint", n, e) for n, e in ERRORS.get((m, d), {}).items()],
+        fid_curve=[FIDPoint("euler", n, 30.0 / n) for n in (4, 8, 16)
+                   if d == "digits" and m in ("fm-ot", "ddpm")],
+        warnings=[FID_WARNING] if quality[s] is None else [])
+    writer.log_evaluation(metrics, evaluation, step=50, fid_metric=fid, on_curve=False)
+    writer.log_files(pngs, [record.SAMPLES, record.TRAJECTORIES])
+    writer.end(State.FINISHED)
+
+
 def fill_store(tmp: Path, uri: str | None = None, *, fid: str = "fid_classifier",
                fid_mode=lambda trial: "clean") -> tuple[str, object, dict]:
-    """Write the suite file and its runs (into ``uri``, by default a new SQLite store in ``tmp``);
-    returns (uri, suite, {trial name: run id}). Digits log ``fid`` (the metric's name), computed
-    with the clean-fid mode ``fid_mode(trial)`` as each run's params record it."""
+    """Write the suite file and its runs (into ``uri``, by default a new SQLite store in ``tmp``),
+    each through the record's writer as fmbench writes it; returns (uri, suite, {trial name: run
+    id}). Digits log ``fid`` (the metric's name), computed with the clean-fid mode
+    ``fid_mode(trial)`` as each run's params record it."""
     suite_path = tmp / "reptest.yaml"
     suite_path.write_text(SUITE)
     suite = load_suite(suite_path)
     uri = uri or f"sqlite:///{tmp / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("reptest", artifact_location=str(tmp / "artifacts"))
-    pngs = {k: _png(tmp / k, c) for k, c in (("samples.png", "red"),
-                                                         ("trajectories.png", "blue"))}
+    new_experiment(uri, "reptest", tmp / "artifacts")
+    tracker = Tracker(uri, "reptest")
+    _png(tmp / record.SAMPLES, "red")
+    _png(tmp / record.TRAJECTORIES, "blue")
     ids: dict[str, str] = {}
 
-    def run(trial, status, metrics=(), tags=None, name=None):
-        base = {"fmbench.kind": "trial", "fmbench.suite": "reptest", "fmbench.trial_key": trial.key,
-                "fmbench.method": trial.method.label, "fmbench.dataset": trial.dataset.name,
-                "fmbench.seed": str(trial.seed), "fmbench.git_commit": "abc123def456",
-                "fmbench.harness_version": "0.1.0", "fmbench.device": "cpu",
-                "fmbench.train_node": "node-a"}
-        r = client.create_run(exp, tags={**base, **(tags or {})}, run_name=name or trial.name)
-        params = [Param("method", trial.method.name), Param("dataset", trial.dataset.name),
-                  Param("seed", str(trial.seed)), Param("eval.tol", "1e-05"),
-                  Param("eval.fid_mode", fid_mode(trial)), Param("eval.fid_samples", "2000"),
-                  Param("eval.fid_nfe_samples", "500")]
-        client.log_batch(r.info.run_id, metrics=[Metric(k, float(v), 0, int(s))
-                                                 for k, v, s in metrics], params=params)
-        if status == "FINISHED":
-            for p in pngs.values():
-                client.log_artifact(r.info.run_id, str(p))
-        if status != "RUNNING":
-            client.set_terminated(r.info.run_id, status=status)
-        return r.info.run_id
-
     for inv in range(2):  # an older and a newer invocation: the report goes to the newer
-        r = client.create_run(exp, tags={"fmbench.kind": "invocation", "fmbench.suite": "reptest"},
-                              run_name=f"invocation {inv}")
-        client.log_metric(r.info.run_id, "time/wall_s", 100.0 + inv)
-        client.set_terminated(r.info.run_id)
-        ids[f"invocation-{inv}"] = r.info.run_id
+        logger = tracker.start_run(f"invocation {inv}",
+                                   record.invocation_tags("reptest", "abc123def456"))
+        logger.log_metrics({record.WALL_S: 100.0 + inv})
+        logger.finish(State.FINISHED.status)
+        ids[f"invocation-{inv}"] = logger.run_id
         time.sleep(0.01)
 
+    failures = {("fm-diffusion", "moons", 2): FAILED_REASON, ("score-matching", "digits", 0):
+                SM_REASON}
     for t in suite.trials():
         m, d, s = t.method.name, t.dataset.name, t.seed
-        if (m, d) == ("fm-diffusion", "moons") and s == 2:
-            ids[t.name] = run(t, "FAILED", tags={"fmbench.failure": FAILED_REASON})
-            continue
-        if (m, d) == ("score-matching", "digits"):
-            if s == 0:
-                ids[t.name] = run(t, "FAILED", tags={"fmbench.failure": SM_REASON})
-            elif s == 2:
-                ids[t.name] = run(t, "RUNNING", [("train/loss", 1.0, 0)])
-            continue
-        if (m, d, s) == ("ddpm", "moons", 0):  # an earlier failed attempt, then the rerun
-            run(t, "FAILED", tags={"fmbench.failure": "OSError: disk full"})
-            time.sleep(0.01)
-        nll, quality, nfe = (MOONS if d == "moons" else DIGITS)[m]
-        nll_key, q_key = ("nll", "w2") if d == "moons" else ("bpd", fid)
-        metrics = [(f"final/{nll_key}", nll[s], 50), ("final/nfe", nfe[s], 50),
-                   ("time/train_s", TRAIN_S, 50), ("final/eval_time", EVAL_S, 50)]
-        if quality[s] is not None:
-            metrics.append((f"final/{q_key}", quality[s], 50))
-        metrics += [("train/loss", 1.0 / (1 + step), step) for step in range(0, 50, 10)]
-        metrics += [("error/midpoint", e, n) for n, e in ERRORS.get((m, d), {}).items()]
-        if d == "moons" and (m, s) in DURING:
-            metrics += [("during/w2", v, st) for st, v in zip((100, 200, 300), DURING[m, s])]
-        if d == "digits" and m == "fm-ot":
-            metrics += [(f"during/{fid}", 20.0 - st / 50, st) for st in (100, 200, 300)]
-        if d == "digits" and m in ("fm-ot", "ddpm"):
-            metrics += [(f"{fid}_vs_nfe/euler", 30.0 / n, n) for n in (4, 8, 16)]
-        tags = {"fmbench.warnings": FID_WARNING} if quality[s] is None else None
-        ids[t.name] = run(t, "FINISHED", metrics, tags)
-    stale = suite.trials()[0]  # same trial, older settings: a key the suite no longer has
-    run(replace(stale, key="0123456789abcdef"), "FINISHED",
-        [("final/nfe", 999.0, 50)], name="stale")
+        if (m, d, s) in failures:
+            writer = _started(tracker, t, fid_mode)
+            writer.end(State.FAILED, failures[m, d, s])
+        elif (m, d, s) == ("score-matching", "digits", 1):
+            continue  # never ran
+        elif (m, d, s) == ("score-matching", "digits", 2):  # still running
+            writer = _started(tracker, t, fid_mode)
+            writer.log_losses([(0, 1.0)])
+        else:
+            if (m, d, s) == ("ddpm", "moons", 0):  # an earlier failed attempt, then the rerun
+                _started(tracker, t, fid_mode).end(State.FAILED, "OSError: disk full")
+                time.sleep(0.01)
+            writer = _started(tracker, t, fid_mode)
+            _finished(writer, t, fid, tmp)
+        ids[t.name] = writer.run_id
+    # same trial, older settings: a key the suite no longer has
+    stale = _started(tracker, replace(suite.trials()[0], key=STALE_KEY), fid_mode)
+    stale.log_evaluation({"nfe": 999.0}, EvalResult({"nfe": 999.0}), step=50, fid_metric=fid,
+                         on_curve=False)
+    stale.end(State.FINISHED)
     return uri, suite, ids
 
 
@@ -171,8 +185,8 @@ def report(store):
 # -- status and plan ------------------------------------------------------------------------------
 
 def test_status_counts_planned_trials_in_every_state(report):
-    assert report.status.counts == {"finished": 20, "running": 1, "failed": 2, "killed": 0,
-                                    "missing": 1}
+    assert report.status.counts == {"finished": 20, "running": 1, "scheduled": 0, "failed": 2,
+                                    "killed": 0, "missing": 1}
     assert report.status.ignored == 1  # the run whose key the suite no longer has
     banner = report.status.banner()
     assert banner.startswith("Incomplete: 20 of 24 planned trials finished, 1 running or queued, "
@@ -308,15 +322,13 @@ def _mlflow_values(uri: str) -> dict[tuple[str, str], list[float]]:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("reptest").experiment_id
     out: dict[tuple[str, str], list[float]] = {}
-    for r in client.search_runs([exp], "tags.`fmbench.kind` = 'trial' and "
-                                "attributes.status = 'FINISHED'", max_results=1000):
-        if r.info.run_name == "stale":
+    for r in client.search_runs([exp], record.kind_filter(record.TRIAL), max_results=1000):
+        run = TrialRun.of(r)
+        if run.state is not State.FINISHED or run.key == STALE_KEY:
             continue
-        for key, value in r.data.metrics.items():
-            if key.startswith("final/"):
-                cell = (r.data.tags["fmbench.method"],
-                        f"{r.data.tags['fmbench.dataset']}/{key[len('final/'):]}")
-                out.setdefault(cell, []).append(value)
+        for metric, value in run.finals.items():
+            cell = (r.data.tags[record.METHOD], f"{r.data.tags[record.DATASET]}/{metric}")
+            out.setdefault(cell, []).append(value)
     return out
 
 
@@ -377,16 +389,17 @@ def test_claim_verdicts_and_numbers(report):
 def test_not_enough_data_without_the_pair_and_a_grid_inferred_from_runs(store, tmp_path):
     """A suite known by name only, with FM w/ OT alone: claims say so instead of guessing."""
     _, uri, suite, _ = store
-    client = MlflowClient(uri)
-    exp = client.create_experiment("solo", artifact_location=str(tmp_path / "artifacts"))
-    for seed in (0, 1):
-        tags = {"fmbench.kind": "trial", "fmbench.suite": "solo", "fmbench.method": "fm-ot",
-                "fmbench.dataset": "moons", "fmbench.seed": str(seed),
-                "fmbench.trial_key": f"k{seed}"}
-        r = client.create_run(exp, tags=tags)
-        client.log_batch(r.info.run_id, [Metric("final/nfe", 60.0 + seed, 0, 1),
-                                         Metric("final/w2", 0.1, 0, 1)], [Param("method", "fm-ot")])
-        client.set_terminated(r.info.run_id)
+    new_experiment(uri, "solo", tmp_path / "artifacts")
+    path = tmp_path / "solo.yaml"
+    path.write_text("name: solo\nmethods: [fm-ot]\ndatasets: [moons]\nseeds: [0, 1]\n")
+    tracker = Tracker(uri, "solo")
+    for trial in load_suite(path).trials():
+        writer = TrialWriter.create(tracker, "solo", trial, "abc123def456")
+        writer.start({"method": "fm-ot"}, record.placement_tags("node-a", "cpu", ""))
+        metrics = {"nfe": 60.0 + trial.seed, "w2": 0.1}
+        writer.log_evaluation(metrics, EvalResult(metrics), step=1, fid_metric="fid",
+                              on_curve=False)
+        writer.end(State.FINISHED)
     result = build_report("solo", uri, tmp_path / "out")
     assert [c.verdict for c in result.claims] == ["not enough data"] * 3
     assert all("FM w/ Diffusion (not in suite)" in c.statement for c in result.claims)
@@ -403,7 +416,7 @@ def _search_runs_frame(uri: str, experiment: str) -> pd.DataFrame:
     mlflow.set_tracking_uri(uri)
     try:
         return mlflow.search_runs(experiment_names=[experiment],
-                                  filter_string=f"tags.`fmbench.suite` = '{experiment}'",
+                                  filter_string=f"tags.`{record.SUITE}` = '{experiment}'",
                                   order_by=["attributes.start_time DESC"])
     finally:
         mlflow.set_tracking_uri(before)

@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from harness import record
+from harness.record import KEY, State
 from harness.scheduler import run_suite
 from harness.suite import load_suite
-from harness.tracking import KEY, TrackingError, Tracker
+from harness.tracking import TrackingError, Tracker
 
 TINY = """\
 name: {name}
@@ -42,29 +44,29 @@ def test_suite_runs_and_logs_everything_to_mlflow_server(ray_cluster, mlflow_uri
     client = MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name("layout")
     runs = client.search_runs([exp.experiment_id])
-    trial_runs = [r for r in runs if r.data.tags.get("fmbench.kind") == "trial"]
-    parents = [r for r in runs if r.data.tags.get("fmbench.kind") == "invocation"]
+    trial_runs = [r for r in runs if r.data.tags.get(record.KIND) == record.TRIAL]
+    parents = [r for r in runs if r.data.tags.get(record.KIND) == record.INVOCATION]
     assert len(trial_runs) == 2 and len(parents) == 1
     assert {r.data.tags[KEY] for r in trial_runs} == {t.key for t in suite.trials()}
     for run in trial_runs:
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-        assert run.info.status == "FINISHED"
+        assert run.info.status == State.FINISHED.status
         assert tags["mlflow.parentRunId"] == parents[0].info.run_id
-        assert tags["fmbench.suite"] == "layout" and tags["fmbench.dataset"] == "moons"
-        assert tags["fmbench.seed"] == "0" and tags["fmbench.harness_version"]
-        assert "fmbench.git_commit" in tags
+        assert tags[record.SUITE] == "layout" and tags[record.DATASET] == "moons"
+        assert tags[record.SEED] == "0" and tags[record.HARNESS_VERSION]
+        assert record.GIT_COMMIT in tags
         assert params["train.steps"] == "40" and params["model"] == "mlp"
         assert params["method"] in ("fm-ot", "ddpm")
-        for key in ("final/nfe", "final/nll", "final/w2", "final/mmd", "final/nll_nfe"):
+        for key in map(record.final, ("nfe", "nll", "w2", "mmd", "nll_nfe")):
             assert key in metrics
-        history = client.get_metric_history(run.info.run_id, "train/loss")
+        history = client.get_metric_history(run.info.run_id, record.LOSS)
         assert [m.step for m in history] == [10, 20, 30, 40]
-        during = client.get_metric_history(run.info.run_id, "during/w2")
+        during = client.get_metric_history(run.info.run_id, record.during("w2"))
         assert [m.step for m in during] == [20, 40] and all(m.value > 0 for m in during)
-        errors = client.get_metric_history(run.info.run_id, "error/rk4")
+        errors = client.get_metric_history(run.info.run_id, record.error("rk4"))
         assert [m.step for m in errors] == [4, 8]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config.json", "metrics.json", "samples.png", "trajectories.png"} <= artifacts
+        assert {record.CONFIG_FILE, record.RECORD_FILE, record.SAMPLES, record.TRAJECTORIES} <= artifacts
 
     # A rerun of the finished suite schedules nothing ...
     again = run_suite(suite, tracking_uri=mlflow_uri, stream=io.StringIO())
@@ -76,11 +78,11 @@ def test_suite_runs_and_logs_everything_to_mlflow_server(ray_cluster, mlflow_uri
     rerun = [s for s in third.states if s.status == "finished"][0]
     assert rerun.trial.key == trial_runs[0].data.tags[KEY]
     live = [r for r in client.search_runs([exp.experiment_id])
-            if r.data.tags.get("fmbench.kind") == "trial"]
-    assert len(live) == 2 and all(r.info.status == "FINISHED" for r in live)
+            if r.data.tags.get(record.KIND) == record.TRIAL]
+    assert len(live) == 2 and all(r.info.status == State.FINISHED.status for r in live)
     # The resumed trial's new run still carries its whole loss curve, once.
     new_run = [r for r in live if r.data.tags[KEY] == rerun.trial.key][0]
-    steps = [m.step for m in client.get_metric_history(new_run.info.run_id, "train/loss")]
+    steps = [m.step for m in client.get_metric_history(new_run.info.run_id, record.LOSS)]
     assert steps == [10, 20, 30, 40]
     # --force reruns every trial from step 0 in new runs.
     forced = run_suite(suite, tracking_uri=mlflow_uri, force=True, stream=io.StringIO())
@@ -97,8 +99,8 @@ def test_gpu_tasks_land_only_on_gpu_nodes(ray_cluster, tmp_path):
     runs = Tracker(uri, "gpus").trial_runs()
     assert len(runs) == 2
     for run in runs.values():
-        assert run.data.tags["fmbench.train_node"] == ray_cluster.gpu_node_id
-        assert run.data.tags["fmbench.cuda_visible_devices"] in ("0", "1")
+        assert run.data.tags[record.TRAIN_NODE] == ray_cluster.gpu_node_id
+        assert run.data.tags[record.CUDA_VISIBLE_DEVICES] in ("0", "1")
 
 
 def test_failed_trial_is_recorded_and_others_finish(ray_cluster, tmp_path, monkeypatch):
@@ -114,8 +116,8 @@ def test_failed_trial_is_recorded_and_others_finish(ray_cluster, tmp_path, monke
     assert summary.count("failed") == 1 and summary.count("finished") == 1 and not summary.ok
     runs = Tracker(uri, "fails").trial_runs()
     failed = runs[bad.key]
-    assert failed.info.status == "FAILED"
-    assert "corrupt or truncated" in failed.data.tags["fmbench.failure"]
+    assert failed.info.status == State.FAILED.status
+    assert "corrupt or truncated" in failed.data.tags[record.REASON]
     assert f"{bad.name} failed: CheckpointError" in out.getvalue()
 
 
@@ -159,29 +161,30 @@ def test_image_suite_logs_every_metric(ray_cluster, tmp_path, monkeypatch):
     run = Tracker(uri, "digits-ci").trial_runs()[suite.trials()[0].key]
     client = MlflowClient(uri)
     metrics = run.data.metrics
-    for key in ("final/bpd", "final/nfe", "final/nll_nfe", "final/fid_classifier"):
+    for key in map(record.final, ("bpd", "nfe", "nll_nfe", "fid_classifier")):
         assert key in metrics and metrics[key] > 0, key
-    assert 0 < metrics["final/bpd"] < 12
-    during = client.get_metric_history(run.info.run_id, "during/fid_classifier")
+    assert 0 < metrics[record.final("bpd")] < 12
+    during = client.get_metric_history(run.info.run_id, record.during("fid_classifier"))
     assert [m.step for m in during] == [100, 200]
-    curve = client.get_metric_history(run.info.run_id, "fid_classifier_vs_nfe/rk4")
+    curve = client.get_metric_history(run.info.run_id, record.fid_vs_nfe("fid_classifier", "rk4"))
     assert [m.step for m in curve] == [4, 8]
-    assert client.get_metric_history(run.info.run_id, "fid_classifier_vs_nfe/dopri5")
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "error/euler")] == [4, 8]
+    assert client.get_metric_history(run.info.run_id, record.fid_vs_nfe("fid_classifier", "dopri5"))
+    errors = client.get_metric_history(run.info.run_id, record.error("euler"))
+    assert [m.step for m in errors] == [4, 8]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"samples.png", "trajectories.png", "metrics.json", "config.json"} <= artifacts
+    assert {record.SAMPLES, record.TRAJECTORIES, record.RECORD_FILE,
+            record.CONFIG_FILE} <= artifacts
     assert (cache / "classifiers" / "digits.pt").exists()
 
 
 def test_queued_trials_are_scheduled_until_their_task_starts(tmp_path):
     from harness.tasks import train_task  # noqa: F401 - the task marks its run RUNNING
-    from harness.tracking import SCHEDULED
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "states")
-    logger = tracker.start_run("t", {"fmbench.kind": "trial"}, status=SCHEDULED)
-    assert tracker.client.get_run(logger.run_id).info.status == "SCHEDULED"
-    logger.set_status("RUNNING")
-    assert tracker.client.get_run(logger.run_id).info.status == "RUNNING"
+    logger = tracker.start_run("t", {record.KIND: record.TRIAL}, status=State.SCHEDULED.status)
+    assert tracker.client.get_run(logger.run_id).info.status == State.SCHEDULED.status
+    logger.set_status(State.RUNNING.status)
+    assert tracker.client.get_run(logger.run_id).info.status == State.RUNNING.status
 
 
 def test_sharded_evaluation_through_ray_gives_the_single_task_metrics(ray_cluster, tmp_path):
@@ -202,13 +205,13 @@ def test_sharded_evaluation_through_ray_gives_the_single_task_metrics(ray_cluste
     assert results["whole"].keys() == results["split"].keys()  # shard_size is not in the key
     for key, one in results["whole"].items():
         many = results["split"][key]
-        assert "fmbench.eval_shards" not in one.data.tags
-        assert int(many.data.tags["fmbench.eval_shards"]) >= 5  # sampling 3, likelihood 2, ...
+        assert record.EVAL_SHARDS not in one.data.tags
+        assert int(many.data.tags[record.EVAL_SHARDS]) >= 5  # sampling 3, likelihood 2, ...
         m1, m2 = one.data.metrics, many.data.metrics
-        for name in ("final/nfe", "final/nfe_se", "final/nll_nfe", "final/w2", "final/mmd"):
+        for name in map(record.final, ("nfe", "nfe_se", "nll_nfe", "w2", "mmd")):
             assert m2[name] == m1[name], name
-        assert m2["final/nll"] == pytest.approx(m1["final/nll"], rel=1e-6)
-        assert m2["final/nll_se"] == pytest.approx(m1["final/nll_se"], rel=1e-6)
+        assert m2[record.final("nll")] == pytest.approx(m1[record.final("nll")], rel=1e-6)
+        assert m2[record.final("nll_se")] == pytest.approx(m1[record.final("nll_se")], rel=1e-6)
 
 
 def test_suite_with_two_training_workers_trains_with_ddp(ray_cluster, tmp_path):
@@ -225,13 +228,13 @@ def test_suite_with_two_training_workers_trains_with_ddp(ray_cluster, tmp_path):
     summary = run_suite(suite, tracking_uri=uri, stream=io.StringIO())
     assert summary.ok, [s.reason for s in summary.states]
     (run,) = Tracker(uri, "ddp").trial_runs().values()
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["fmbench.train_workers"] == "2"
-    assert run.data.tags["fmbench.per_worker_batch"] == "32"
+    assert run.info.status == State.FINISHED.status
+    assert run.data.tags[record.TRAIN_WORKERS] == "2"
+    assert run.data.tags[record.PER_WORKER_BATCH] == "32"
     client = MlflowClient(uri)
-    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, record.LOSS))
     assert steps == [10, 20, 30, 40]
-    assert {"final/nfe", "final/nll", "final/w2"} <= set(run.data.metrics)
+    assert {record.final("nfe"), record.final("nll"), record.final("w2")} <= set(run.data.metrics)
 
 
 def test_test_cluster_and_local_nodes_address_ray_at_loopback(ray_cluster):

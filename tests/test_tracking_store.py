@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from harness import record
 from harness.cli import main
-from harness.tracking import FINISHED, Tracker, TrackingError, check_reachable, mask_uri
+from harness.tracking import Tracker, TrackingError, check_reachable, mask_uri
 from tests.servers import MlflowServer
 from tests.test_suite import MINIMAL
-from tests.helpers import error_line
+from tests.helpers import error_line, finished_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,9 +45,7 @@ def pristine(tmp_path_factory) -> Path:
     """A store fmbench made: the suite's experiment with one finished trial run."""
     folder = tmp_path_factory.mktemp("pristine")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    logger = Tracker(uri, "t").start_run("fm-ot-8gaussians-s0", {"fmbench.kind": "trial"})
-    logger.log_metrics({"final/w2": 0.25}, step=10)
-    logger.finish(FINISHED)
+    finished_trial(uri, "t")
     return folder / "mlflow.db"
 
 
@@ -217,8 +216,8 @@ def test_a_writer_creates_the_store_and_says_so(tmp_path, capsys):
     assert err[0] == f"creating tracking store sqlite:///{db}"
     assert db.is_file() and (tmp_path / "new.db.lock").is_file()
     tags = tracker.client.get_experiment(exp).tags
-    assert tags["mlflow.experimentKind"] == "custom_model_development"
-    assert tags["fmbench.kind"] == "suite"
+    assert tags[record.EXPERIMENT_KIND] == record.TRAINING_KIND
+    assert tags[record.KIND] == record.SUITE_KIND
     Tracker(f"sqlite:///{db}", "fresh").connect()  # an existing store: nothing said
     assert "creating" not in capsys.readouterr().err
 
@@ -228,12 +227,13 @@ def test_an_older_experiment_gets_the_training_kind_when_opened_for_writing(tmp_
 
     uri = f"sqlite:///{tmp_path / 'old.db'}"
     Tracker(uri, "bootstrap").connect()  # the store, made the way fmbench makes it
-    exp = MlflowClient(tracking_uri=uri).create_experiment("old", tags={"fmbench.kind": "suite"})
+    exp = MlflowClient(tracking_uri=uri).create_experiment("old",
+                                                           tags={record.KIND: record.SUITE_KIND})
     Tracker(uri, "old").trial_runs()  # reading changes nothing
-    assert "mlflow.experimentKind" not in MlflowClient(tracking_uri=uri).get_experiment(exp).tags
+    assert record.EXPERIMENT_KIND not in MlflowClient(tracking_uri=uri).get_experiment(exp).tags
     Tracker(uri, "old").connect()
-    assert MlflowClient(tracking_uri=uri).get_experiment(exp).tags["mlflow.experimentKind"] == \
-        "custom_model_development"
+    assert MlflowClient(tracking_uri=uri).get_experiment(exp).tags[record.EXPERIMENT_KIND] == \
+        record.TRAINING_KIND
 
 
 # -- 4. two drivers create one new store at the same moment -------------------------------------

@@ -25,10 +25,11 @@ from harness.report.render import (SAMPLES, Content, OutError, Sample, resolve_o
                                    write_report)
 from harness.report.table import Table
 from harness.report.tables import comparison_table, dataset_metrics
+from harness import record
 from harness.invocation import close_stale, gone_count
-from harness.tracking import KIND
+from harness.record import INVOCATION, State, of_kind
 
-ARTIFACTS = {"samples": "samples.png", "trajectories": "trajectories.png"}
+ARTIFACTS = {"samples": record.SAMPLES, "trajectories": record.TRAJECTORIES}
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 """A bare suite name: also the default folder ``reports/<name>``, so never ``.``, ``..`` or
 hidden."""
@@ -76,7 +77,7 @@ def _out(out_dir: str | Path | None, name: str) -> tuple[Path, str]:
 def _samples(store: Store, frame: pd.DataFrame, out: Path) -> list[Sample]:
     """Artifacts of the lowest finished seed of each method x dataset, downloaded under ``out``
     (the report's temporary folder, so a failed build leaves none behind)."""
-    done = frame[(frame["state"] == "finished") & frame["run_id"].notna()].sort_values("seed")
+    done = frame[(frame["state"] == State.FINISHED) & frame["run_id"].notna()].sort_values("seed")
     found = []
     for _, r in done.drop_duplicates(["label", "dataset"]).iterrows():
         folder = out / SAMPLES / f"{r['label']}-{r['dataset']}-s{r['seed']}"
@@ -113,7 +114,7 @@ def build_report(suite: Any, tracking_uri: str | None = None, out_dir: str | Pat
         columns=["run_id", "key", "step", "value"])
     curves = Curves.join(histories, chosen)
     claims = check_claims(plan, frame, curves)
-    invocations = runs[runs[f"tags.{KIND}"] == "invocation"]
+    invocations = of_kind(runs, INVOCATION)
     latest = invocations.iloc[0] if len(invocations) else None
     tables = {"comparison": comparison_table(plan, frame), "claims": claims_table(claims),
               "cost": cost_table(plan, frame),

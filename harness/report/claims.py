@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 
 from harness.metrics import METRICS
+from harness.record import State, final_column, param_column
 from harness.report.curves import ERROR_SOLVER, Curves, during_key, error_key
 from harness.report.grid import Plan, display_name
 from harness.report.table import Cell, Column, Table
-from harness.report.tables import dataset_metrics, final
+from harness.report.tables import dataset_metrics
 
 OT, VP = "fm-ot", "fm-diffusion"
 NOT_ENOUGH = "not enough data"
@@ -54,8 +55,9 @@ def _verdict(results: dict[str, bool], missing: list[str], numbers: str) -> tupl
 
 def _finals(frame: pd.DataFrame, label: str, dataset: str, metric: str) -> list[float]:
     rows = frame[(frame["label"] == label) & (frame["dataset"] == dataset)
-                 & (frame["state"] == "finished")]
-    return rows[final(metric)].dropna().tolist() if final(metric) in rows else []
+                 & (frame["state"] == State.FINISHED)]
+    column = final_column(metric)
+    return rows[column].dropna().tolist() if column in rows else []
 
 
 def _fmt(x: float) -> str:
@@ -64,7 +66,7 @@ def _fmt(x: float) -> str:
 
 def fewer_nfe(plan: Plan, frame: pd.DataFrame, ot: str | None, vp: str | None,
               who: str) -> Claim:
-    tols = sorted(frame.get("params.eval.tol", pd.Series(dtype=object)).dropna().unique())
+    tols = sorted(frame.get(param_column("eval.tol"), pd.Series(dtype=object)).dropna().unique())
     at = f", dopri5 at tol {', '.join(tols)}" if tols else ", dopri5"
     statement = f"The OT path needs fewer NFE than the VP path ({who}{at})."
     results, missing, details, means = {}, [], [], []

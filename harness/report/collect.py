@@ -1,10 +1,11 @@
-"""Everything the report reads, read from MLflow: the only report module that imports MLflow.
+"""Everything the report reads, read from MLflow through :mod:`harness.tracking`'s client: the
+only report module that talks to the tracking store.
 
-Runs come back as one pandas DataFrame laid out as ``mlflow.search_runs`` lays it out (columns
-``run_id``, ``status``, ``start_time``, ``metrics.<key>``, ``params.<key>``, ``tags.<key>``), built
-from ``MlflowClient.search_runs`` pages with Python's cyclic garbage collector paused: a 10,000-run
-suite is ~800,000 param, tag and metric objects, and the collector's repeated full passes over them
-took about as long as loading them (measured in benchmarks/report_scale.py). Curves come from metric
+Runs come back as one pandas DataFrame laid out as ``mlflow.search_runs`` lays it out
+(:func:`harness.record.runs_frame`), built from ``MlflowClient.search_runs`` pages with Python's
+cyclic garbage collector paused: a 10,000-run suite is ~800,000 param, tag and metric objects, and
+the collector's repeated full passes over them took about as long as loading them (measured in
+benchmarks/report_scale.py). Curves come from metric
 histories, fetched only for the runs and keys a figure or claim needs, because one history call per
 run and key is what makes a 10,000-run report slow. Nothing here reads checkpoints or worker files.
 """
@@ -23,13 +24,14 @@ from typing import Iterable, Iterator
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.tracking import KIND, SUITE, check_readable, mask_uri, resolve_tracking_uri
+from harness.record import REPORT_FOLDER, SUITE, runs_frame
+from harness.tracking import (all_runs, check_readable, mask_uri, mlflow_client,
+                              resolve_tracking_uri)
 
 HISTORY_THREADS = 8
 """History calls are independent round trips: threads overlap them on an HTTP tracking server."""
 PAGE = 10_000
 """Runs per search call (what ``mlflow.search_runs`` uses; servers accept up to 50,000)."""
-INFO = ("run_id", "experiment_id", "status", "artifact_uri", "start_time", "end_time")
 
 
 class ReportError(HarnessError):
@@ -64,12 +66,6 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _client(uri: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
 class Store:
     """One suite's experiment in one tracking store: reads runs, histories and artifacts, and
     writes nothing but the finished report (as artifacts of an invocation run)."""
@@ -80,7 +76,7 @@ class Store:
         check_readable(self.uri)  # a missing, empty or damaged store: one line, left untouched
         shown = mask_uri(self.uri)
         try:
-            exp = _client(self.uri).get_experiment_by_name(experiment)
+            exp = mlflow_client(self.uri).get_experiment_by_name(experiment)
         except Exception as exc:  # e.g. a store from an older MLflow: one line, not a traceback
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ReportError(f"reading tracking store {shown} failed: "
@@ -93,41 +89,16 @@ class Store:
     def runs(self, suite: str) -> pd.DataFrame:
         """Every run of the suite (trials and invocations), newest first; missing metrics are NaN,
         missing params and tags None, as in ``mlflow.search_runs``."""
-        client = _client(self.uri)
-        info: dict[str, list] = {k: [] for k in INFO}
-        data: dict[str, list[dict]] = {"metrics": [], "params": [], "tags": []}
-        token = None
+        client = mlflow_client(self.uri)
         with _collector_paused():
-            while True:
-                page = client.search_runs([self.experiment_id],
-                                          filter_string=f"tags.`{SUITE}` = '{suite}'",
-                                          max_results=PAGE, order_by=["attributes.start_time DESC"],
-                                          page_token=token)
-                for run in page:
-                    for k in INFO:
-                        info[k].append(getattr(run.info, k))
-                    data["metrics"].append(run.data.metrics)
-                    data["params"].append(run.data.params)
-                    data["tags"].append(run.data.tags)
-                token = page.token
-                if not token:
-                    break
-            columns: dict[str, object] = dict(info)
-            for k in ("start_time", "end_time"):
-                columns[k] = pd.to_datetime(pd.Series(info[k], dtype="float64"), unit="ms", utc=True)
-            for prefix, dicts in data.items():
-                missing = float("nan") if prefix == "metrics" else None
-                for key in dict.fromkeys(k for d in dicts for k in d):
-                    columns[f"{prefix}.{key}"] = [d.get(key, missing) for d in dicts]
-            df = pd.DataFrame(columns)
-        if f"tags.{KIND}" not in df:
-            df[f"tags.{KIND}"] = pd.Series(dtype=object)
-        return df
+            return runs_frame(all_runs(lambda token: client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{SUITE}` = '{suite}'",
+                max_results=PAGE, order_by=["attributes.start_time DESC"], page_token=token)))
 
     def histories(self, run_ids: Iterable[str], keys: Iterable[str]) -> pd.DataFrame:
         """Long table (run_id, key, step, value) of the full history of each key in each run."""
         pairs = [(r, k) for r in dict.fromkeys(run_ids) for k in dict.fromkeys(keys)]
-        client = _client(self.uri)
+        client = mlflow_client(self.uri)
 
         def one(pair: tuple[str, str]) -> list[tuple[str, str, int, float]]:
             run_id, key = pair
@@ -141,7 +112,7 @@ class Store:
 
     def artifacts(self, run_id: str, names: Iterable[str], dest: Path) -> dict[str, Path]:
         """Download the named top-level artifacts of a run that exist; name -> local file."""
-        client = _client(self.uri)
+        client = mlflow_client(self.uri)
         try:
             present = {a.path for a in client.list_artifacts(run_id)}
         except Exception:  # an artifact store that is gone costs the samples, not the report
@@ -154,9 +125,9 @@ class Store:
                     out[name] = Path(client.download_artifacts(run_id, name, str(dest)))
         return out
 
-    def log_folder(self, run_id: str, folder: Path, artifact_path: str = "report") -> None:
+    def log_folder(self, run_id: str, folder: Path, artifact_path: str = REPORT_FOLDER) -> None:
         """Upload a folder's files as artifacts of ``run_id`` (replacing an earlier report)."""
         with tempfile.TemporaryDirectory() as tmp:
             copy = Path(tmp) / artifact_path
             shutil.copytree(folder, copy)
-            _client(self.uri).log_artifacts(run_id, str(copy), artifact_path)
+            mlflow_client(self.uri).log_artifacts(run_id, str(copy), artifact_path)

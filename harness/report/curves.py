@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from harness import record
+from harness.record import LOSS, State, logged_keys
 from harness.report.tables import DatasetMetrics
 
 CURVE_SEEDS = 5
@@ -19,34 +21,28 @@ ERROR_SOLVER = "midpoint"
 
 
 def error_key(solver: str = ERROR_SOLVER) -> str:
-    return f"error/{solver}"
+    return record.error(solver)
 
 
 def during_key(metrics: DatasetMetrics) -> str:
-    return f"during/{metrics.quality}"
+    return record.during(metrics.quality)
 
 
 def vs_nfe_prefix(metrics: DatasetMetrics) -> str:
-    return f"{metrics.quality}_vs_nfe/"
-
-
-def logged_keys(frame: pd.DataFrame) -> set[str]:
-    """Metric keys some run logged (``search_runs`` has a column for each)."""
-    return {c[len("metrics."):] for c in frame.columns if c.startswith("metrics.")
-            and frame[c].notna().any()}
+    return record.vs_nfe_prefix(metrics.quality)
 
 
 def keys_for(frame: pd.DataFrame, metrics: DatasetMetrics) -> list[str]:
     """The history keys one dataset's figures and claims need, among those logged."""
     logged = logged_keys(frame)
-    wanted = ["train/loss", during_key(metrics), error_key()]
+    wanted = [LOSS, during_key(metrics), error_key()]
     wanted += sorted(k for k in logged if k.startswith(vs_nfe_prefix(metrics)))
     return [k for k in wanted if k in logged]
 
 
 def curve_runs(frame: pd.DataFrame, per_cell: int = CURVE_SEEDS) -> pd.DataFrame:
     """Finished trials whose histories are read: the lowest ``per_cell`` seeds of each cell."""
-    done = frame[(frame["state"] == "finished") & frame["run_id"].notna()]
+    done = frame[(frame["state"] == State.FINISHED) & frame["run_id"].notna()]
     return done.sort_values("seed").groupby(["label", "dataset"], sort=False).head(per_cell)
 
 

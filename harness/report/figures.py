@@ -17,10 +17,11 @@ import pandas as pd
 
 from harness.metrics import METRICS
 from harness.methods import METHODS
+from harness.record import LOSS, State, final_column
 from harness.report.curves import (CURVE_SEEDS, ERROR_SOLVER, Curves, during_key, error_key,
                                    vs_nfe_prefix)
 from harness.report.grid import Plan, display_name
-from harness.report.tables import dataset_metrics, final, quality_pipelines, quality_title
+from harness.report.tables import dataset_metrics, quality_pipelines, quality_title
 from harness.solvers import SOLVERS
 
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -135,10 +136,11 @@ def efficiency_figure(plan: Plan, frame: pd.DataFrame, curves: Curves, dataset: 
     ax = axes[len(solvers)]
     for label in plan.labels:  # every finished seed: these come from the runs table, not curves
         done = frame[(frame["label"] == label) & (frame["dataset"] == dataset)
-                     & (frame["state"] == "finished")]
-        if final("nfe") not in done or final(metrics.quality) not in done:
+                     & (frame["state"] == State.FINISHED)]
+        nfe, quality = final_column("nfe"), final_column(metrics.quality)
+        if nfe not in done or quality not in done:
             continue
-        pts = done[[final("nfe"), final(metrics.quality)]].dropna()
+        pts = done[[nfe, quality]].dropna()
         if len(pts):
             s = styles[label]
             ax.errorbar(pts.iloc[:, 0].mean(), pts.iloc[:, 1].mean(),
@@ -171,7 +173,7 @@ def training_figure(plan: Plan, frame: pd.DataFrame, curves: Curves, dataset: st
     metrics = dataset_metrics(frame, dataset)
     styles, shown = palette(plan), set()
     fig, axes = _new(2)
-    _curve(axes[0], curves, plan, styles, dataset, "train/loss", shown)
+    _curve(axes[0], curves, plan, styles, dataset, LOSS, shown)
     _positive(axes[0], "y")
     axes[0].set_title("training loss")
     axes[0].set_ylabel("loss (each method's own objective)")

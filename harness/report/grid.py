@@ -9,18 +9,17 @@ left out and counted); with only a suite name it is inferred from the runs found
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from harness.methods import METHODS
-from harness.tracking import FAILED, FINISHED, KEY, KILLED, KIND
+from harness.record import State, param_column, task_gpus, trial_rows
 
-STATES = ("finished", "running", "failed", "killed", "missing")
-_STATE = {FINISHED: "finished", FAILED: "failed", KILLED: "killed"}  # anything else is running
-TAGS = {"label": "tags.fmbench.method", "dataset": "tags.fmbench.dataset",
-        "seed": "tags.fmbench.seed", "key": f"tags.{KEY}", "reason": "tags.fmbench.failure"}
+PLANNED_GPUS = {"train": "planned_train_gpus", "eval": "planned_eval_gpus"}
+"""Columns of a planned trial: the GPUs the suite file gives its train and eval tasks, for runs
+that did not record theirs."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,26 +33,27 @@ class Plan:
     datasets: tuple[str, ...]
     seeds: tuple[int, ...]
     path: str | None = None
-    trials: pd.DataFrame | None = None  # label, method, dataset, seed, key (None: inferred plan)
-    gpus: dict[str, float] = field(default_factory=dict)  # "train"/"eval" -> GPUs per task
+    trials: pd.DataFrame | None = None  # label, method, dataset, seed, key, PLANNED_GPUS
+    # (None: a plan inferred from the runs)
 
     @classmethod
     def from_suite(cls, suite: Any) -> "Plan":
-        trials = pd.DataFrame([(t.method.label, t.method.name, t.dataset.name, t.seed, t.key)
+        trials = pd.DataFrame([(t.method.label, t.method.name, t.dataset.name, t.seed, t.key,
+                                task_gpus(t.train_resources), task_gpus(t.eval_resources))
                                for t in suite.trials()],
-                              columns=["label", "method", "dataset", "seed", "key"])
+                              columns=["label", "method", "dataset", "seed", "key",
+                                       *PLANNED_GPUS.values()])
         methods = {m.label: m.name for m in suite.methods}
         return cls(suite.name, suite.experiment, _table_order(methods), methods,
-                   tuple(d.name for d in suite.datasets), tuple(suite.seeds), suite.path, trials,
-                   {"train": suite.train_resources.gpus, "eval": suite.eval_resources.gpus})
+                   tuple(d.name for d in suite.datasets), tuple(suite.seeds), suite.path, trials)
 
     @classmethod
     def inferred(cls, suite: str, runs: pd.DataFrame, experiment: str | None = None) -> "Plan":
         """The grid implied by the runs found: every label x dataset x seed seen in them."""
-        trials = _trial_runs(runs)
+        trials = trial_rows(runs)
         methods = {}
         for label, group in trials.groupby("label", sort=False):
-            names = group.get("params.method", pd.Series(dtype=object)).dropna()
+            names = group.get(param_column("method"), pd.Series(dtype=object)).dropna()
             methods[label] = names.iloc[0] if len(names) else label
         return cls(suite, experiment or suite, _table_order(methods), methods,
                    tuple(sorted(trials["dataset"].dropna().unique())),
@@ -83,21 +83,10 @@ def display_name(plan: Plan, label: str) -> str:
     return shown if label == name else f"{shown} ({label})"
 
 
-def _trial_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Trial runs only, with tidy identity columns, newest first."""
-    df = runs[runs.get(f"tags.{KIND}", pd.Series(index=runs.index, dtype=object)) == "trial"]
-    df = df.copy()
-    for name, column in TAGS.items():
-        df[name] = df[column] if column in df else None
-    df["seed"] = pd.to_numeric(df["seed"], errors="coerce").astype("Int64")
-    df["state"] = df["status"].map(lambda s: _STATE.get(s, "running"))
-    return df.sort_values("start_time", ascending=False, kind="stable")
-
-
 def trial_frame(plan: Plan, runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """One row per planned trial with its newest run's columns (or none), and the number of runs
     left out because no planned trial has their key (an edited suite's older settings)."""
-    found = _trial_runs(runs)
+    found = trial_rows(runs)
     if plan.trials is not None:
         latest = found.drop_duplicates("key")
         ignored = int((~found["key"].isin(plan.trials["key"])).sum())
@@ -111,7 +100,7 @@ def trial_frame(plan: Plan, runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         grid["method"] = grid["label"].map(plan.methods)
         frame = grid.merge(latest, on=["label", "dataset", "seed"], how="left")
         ignored = 0
-    frame["state"] = frame["state"].fillna("missing")
+    frame["state"] = frame["state"].fillna(State.MISSING.value)
     frame["reason"] = frame["reason"].fillna("")
     frame["seed"] = frame["seed"].astype(int)
     return frame.reset_index(drop=True), ignored
@@ -129,7 +118,7 @@ class Status:
     @classmethod
     def of(cls, frame: pd.DataFrame, ignored: int, inferred: bool,
            driver_gone: int = 0) -> "Status":
-        return cls({s: int((frame["state"] == s).sum()) for s in STATES}, ignored, inferred,
+        return cls({s.value: int((frame["state"] == s).sum()) for s in State}, ignored, inferred,
                    driver_gone)
 
     @property
@@ -138,7 +127,7 @@ class Status:
 
     @property
     def complete(self) -> bool:
-        return self.planned > 0 and self.counts["finished"] == self.planned
+        return self.planned > 0 and self.counts[State.FINISHED.value] == self.planned
 
     def banner(self) -> str:
         c = self.counts
@@ -146,8 +135,9 @@ class Status:
             return "No trials of this suite in MLflow yet."
         head = (f"Complete: all {self.planned} planned trials finished." if self.complete else
                 f"Incomplete: {c['finished']} of {self.planned} planned trials finished, "
-                f"{c['running']} running or queued, {c['failed']} failed, {c['killed']} killed, "
-                f"{c['missing']} not run; the numbers below cover finished trials only.")
+                f"{c['running'] + c['scheduled']} running or queued, {c['failed']} failed, "
+                f"{c['killed']} killed, {c['missing']} not run; the numbers below cover finished "
+                "trials only.")
         if self.inferred:
             head += " No suite file was given: the planned grid is inferred from the runs found."
         if self.ignored:

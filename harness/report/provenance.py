@@ -1,8 +1,9 @@
 """What the results cost and where they came from: per-trial time and accelerator-hours, and the
 suite file, versions, commits and hardware behind them.
 
-Accelerator-hours are task seconds times the GPUs the task asked for: from the run's params when a
-run logged them (``resources.train.gpus``), else from the suite file, else 0 (CPU only).
+Accelerator-hours are task seconds times the GPUs the task held (every data-parallel worker's):
+as the run recorded them when it was scheduled, else as the suite file plans them, else 0 (CPU
+only, or a plan inferred from runs that recorded none).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import numpy as np
 import pandas as pd
 
 from harness import __version__
-from harness.report.grid import Plan, display_name
+from harness.record import (DEVICE, EVAL_GPUS, GIT_COMMIT, HARNESS_VERSION, TRAIN_GPUS, TRAIN_NODE,
+                            TRAIN_S, WALL_S, final_column, metric_column, tag_column)
+from harness.report.grid import PLANNED_GPUS, Plan, display_name
 from harness.report.table import Cell, Column, Table
 from harness.tracking import mask_uri
 
@@ -32,8 +35,10 @@ def _number(frame: pd.DataFrame, *columns: str) -> pd.Series:
     return out
 
 
-def _gpus(frame: pd.DataFrame, plan: Plan, task: str) -> pd.Series:
-    return _number(frame, f"params.resources.{task}.gpus").fillna(plan.gpus.get(task, 0.0))
+def _gpus(frame: pd.DataFrame, task: str) -> pd.Series:
+    """GPUs ``task`` ("train" or "eval") held: as recorded, else as planned, else 0."""
+    recorded = {"train": TRAIN_GPUS, "eval": EVAL_GPUS}[task]
+    return _number(frame, tag_column(recorded), PLANNED_GPUS[task]).fillna(0.0)
 
 
 def cost_frame(plan: Plan, frame: pd.DataFrame) -> pd.DataFrame:
@@ -43,10 +48,10 @@ def cost_frame(plan: Plan, frame: pd.DataFrame) -> pd.DataFrame:
     runs["_row"] = runs["label"].map(order)
     runs["_col"] = runs["dataset"].map({d: i for i, d in enumerate(plan.datasets)})
     runs = runs.sort_values(["_row", "_col", "seed"], kind="stable")
-    runs["train_s"] = _number(runs, "metrics.final/train_time", "metrics.time/train_s")
-    runs["eval_s"] = _number(runs, "metrics.final/eval_time")
+    runs["train_s"] = _number(runs, metric_column(TRAIN_S))
+    runs["eval_s"] = _number(runs, final_column("eval_time"))
     runs["wall_s"] = runs["train_s"].add(runs["eval_s"], fill_value=0)  # NaN when neither is
-    runs["train_gpus"], runs["eval_gpus"] = _gpus(runs, plan, "train"), _gpus(runs, plan, "eval")
+    runs["train_gpus"], runs["eval_gpus"] = _gpus(runs, "train"), _gpus(runs, "eval")
     runs["accel_h"] = (runs["train_s"].fillna(0) * runs["train_gpus"]
                        + runs["eval_s"].fillna(0) * runs["eval_gpus"]) / 3600
     return runs
@@ -61,8 +66,8 @@ def cost_summary(plan: Plan, frame: pd.DataFrame) -> str:
             f"{c['accel_h'].sum():.4f} accelerator-hours.")
 
 
-def _tag(row: dict, key: str) -> str:
-    value = row.get(f"tags.fmbench.{key}")
+def _tag(row: dict, tag: str) -> str:
+    value = row.get(tag_column(tag))
     return value if isinstance(value, str) and value else "—"
 
 
@@ -75,17 +80,17 @@ def cost_table(plan: Plan, frame: pd.DataFrame) -> Table:
                Column("harness", "Harness"))
     rows, keys, cells = [], [], []
     keep = ["label", "dataset", "seed", "state", "train_s", "eval_s", "wall_s", "train_gpus",
-            "eval_gpus", "accel_h", *(f"tags.fmbench.{k}" for k in
-                                      ("device", "train_node", "git_commit", "harness_version"))]
+            "eval_gpus", "accel_h",
+            *map(tag_column, (DEVICE, TRAIN_NODE, GIT_COMMIT, HARNESS_VERSION))]
     for r in costs[[c for c in keep if c in costs.columns]].to_dict("records"):
         rows.append(f"{display_name(plan, r['label'])} · {r['dataset']} · seed {r['seed']}")
         keys.append(f"{r['label']}-{r['dataset']}-s{r['seed']}")
         cells.append((Cell(text=r["state"]), *_seconds(r["train_s"], r["eval_s"], r["wall_s"]),
                       Cell(text=f"{r['train_gpus']:g}/{r['eval_gpus']:g}"),
                       Cell(mean=float(r["accel_h"]), decimals=4),
-                      Cell(text=_tag(r, "device")), Cell(text=_tag(r, "train_node")[:12]),
-                      Cell(text=_tag(r, "git_commit")[:10]),
-                      Cell(text=_tag(r, "harness_version"))))
+                      Cell(text=_tag(r, DEVICE)), Cell(text=_tag(r, TRAIN_NODE)[:12]),
+                      Cell(text=_tag(r, GIT_COMMIT)[:10]),
+                      Cell(text=_tag(r, HARNESS_VERSION))))
     total = (Cell(text=f"{len(costs)} runs"),
              *_seconds(costs["train_s"].sum(min_count=1), costs["eval_s"].sum(min_count=1),
                        costs["wall_s"].sum()),
@@ -121,17 +126,17 @@ def provenance_table(plan: Plan, frame: pd.DataFrame, uri: str,
         ("Suite", plan.suite),
         ("Suite file", plan.path or "not given (grid inferred from the runs)"),
         ("MLflow experiment", f"{plan.experiment} at {mask_uri(uri)}"),  # never a password
-        ("Harness version (trials)", _distinct(frame, "tags.fmbench.harness_version")),
-        ("Git commit (trials)", _distinct(frame, "tags.fmbench.git_commit")),
-        ("Devices (trials)", _distinct(frame, "tags.fmbench.device")),
-        ("Nodes (trials)", _distinct(frame, "tags.fmbench.train_node")),
+        ("Harness version (trials)", _distinct(frame, tag_column(HARNESS_VERSION))),
+        ("Git commit (trials)", _distinct(frame, tag_column(GIT_COMMIT))),
+        ("Devices (trials)", _distinct(frame, tag_column(DEVICE))),
+        ("Nodes (trials)", _distinct(frame, tag_column(TRAIN_NODE))),
         ("Packages (report environment; trials do not log theirs)",
          f"python {platform.python_version()}, " + ", ".join(versions)),
         ("Report built", f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} by fmbench {__version__} "
                          f"on {platform.node() or 'unknown host'}"),
     ]
     if invocation is not None:
-        wall = invocation.get("metrics.time/wall_s")
+        wall = invocation.get(metric_column(WALL_S))
         shown = "still running or not recorded" if pd.isna(wall) else f"{float(wall):.1f} s"
         facts.append(("Latest invocation", f"run {invocation['run_id']} ({invocation['status']}),"
                                            f" wall time {shown}"))

@@ -15,6 +15,7 @@ import pandas as pd
 
 from harness.datasets import DATASETS
 from harness.metrics import METRICS
+from harness.record import WARNINGS, State, final, final_column, param_column, tag_column
 from harness.report.grid import Plan, display_name
 from harness.report.table import Cell, Column, Footnotes, Table, decimals_for, mark_best
 
@@ -23,11 +24,6 @@ QUALITY = ("fid", "fid_classifier", "w2")
 FEATURES = {"fid": "", "fid_classifier": "digit classifier"}
 """FID metrics and the feature space their labels name (none: clean-fid's Inception)."""
 UNRECORDED = "pipeline not recorded"
-
-
-def final(metric: str) -> str:
-    """The trial-frame column of a final metric."""
-    return f"metrics.final/{metric}"
 
 
 @dataclass(frozen=True)
@@ -43,7 +39,8 @@ class DatasetMetrics:
 
 
 def _logged(frame: pd.DataFrame, metric: str) -> bool:
-    return final(metric) in frame and bool(frame[final(metric)].notna().any())
+    column = final_column(metric)
+    return column in frame and bool(frame[column].notna().any())
 
 
 def dataset_metrics(frame: pd.DataFrame, dataset: str) -> DatasetMetrics:
@@ -65,7 +62,7 @@ def fid_pipelines(frame: pd.DataFrame, samples: str = "fid_samples") -> pd.Serie
     samples (``samples``: the eval setting that counts them), e.g. "legacy_tensorflow, 50k".
     Read from the runs, never from the suite file, which may have changed since they ran."""
     def param(name: str) -> pd.Series:
-        column = f"params.eval.{name}"
+        column = param_column(f"eval.{name}")
         return frame[column] if column in frame else pd.Series(None, frame.index, object)
 
     def one(mode, count) -> str:
@@ -92,9 +89,10 @@ def quality_title(metric: str, pipelines) -> str:
 
 
 def _values(rows: pd.DataFrame, metric: str) -> tuple[pd.Series, pd.Series]:
-    """``final/<metric>`` of each row, and which rows a cell averages: finished with a value."""
-    value = rows[final(metric)] if final(metric) in rows else pd.Series(np.nan, index=rows.index)
-    return value, (rows["state"] == "finished") & value.notna()
+    """The final ``metric`` of each row, and which rows a cell averages: finished with a value."""
+    column = final_column(metric)
+    value = rows[column] if column in rows else pd.Series(np.nan, index=rows.index)
+    return value, (rows["state"] == State.FINISHED) & value.notna()
 
 
 def quality_pipelines(frame: pd.DataFrame, dataset: str, metric: str,
@@ -108,14 +106,14 @@ def quality_pipelines(frame: pd.DataFrame, dataset: str, metric: str,
 
 def _why(row: dict, metric: str) -> str:
     """Why a trial adds nothing to a cell of ``metric``."""
-    state = row["state"]
-    if state == "finished":
-        warning = row.get("tags.fmbench.warnings")
+    state = State(row["state"])
+    if state is State.FINISHED:
+        warning = row.get(tag_column(WARNINGS))
         extra = f" ({warning})" if isinstance(warning, str) and warning else ""
-        return f"finished without final/{metric}{extra}"
-    if state in ("failed", "killed"):
+        return f"finished without {final(metric)}{extra}"
+    if state.ended:
         return f"{state}: {row['reason']}" if row["reason"] else f"{state} (no reason recorded)"
-    return "still running or queued" if state == "running" else "not run"
+    return "still running or queued" if state is not State.MISSING else state.shown
 
 
 def seed_list(seeds: list[int]) -> str:
@@ -145,8 +143,8 @@ def seed_notes(plan: Plan, rows: pd.DataFrame, metric: str) -> list[str]:
 def cells(frame: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
     """The trials of each (method label, dataset) in seed order, with only the columns a cell
     needs (rows of a few hundred params and tags are slow to walk)."""
-    keep = ["label", "dataset", "seed", "state", "reason", "tags.fmbench.warnings", "pipeline",
-            *(c for c in frame.columns if c.startswith("metrics.final/"))]
+    keep = ["label", "dataset", "seed", "state", "reason", tag_column(WARNINGS), "pipeline",
+            *(c for c in frame.columns if c.startswith(final_column("")))]
     slim = frame[[c for c in keep if c in frame.columns]].sort_values("seed", kind="stable")
     return {key: group for key, group in slim.groupby(["label", "dataset"], sort=False)}
 
@@ -208,13 +206,14 @@ def comparison_table(plan: Plan, frame: pd.DataFrame) -> Table:
 
 def _caption(frame: pd.DataFrame, mixed: dict[str, list[str]]) -> str:
     tol = ""
-    if "params.eval.tol" in frame:
-        tols = sorted(frame["params.eval.tol"].dropna().unique())
+    tol_column = param_column("eval.tol")
+    if tol_column in frame:
+        tols = sorted(frame[tol_column].dropna().unique())
         tol = f" at atol = rtol = {', '.join(tols)}" if tols else ""
     text = ("Mean ± standard deviation over seeds (n = seeds with a result); the best of each "
             "column in bold. NLL in bits/dim for images and nats per example for 2-D data; "
             f"NFE: network evaluations to sample with dopri5{tol}; — : no result (see notes).")
-    if any(final(m) in frame for m in FEATURES):
+    if any(final_column(m) in frame for m in FEATURES):
         text += (" FID headers name the clean-fid mode and generated-sample count that the runs "
                  "recorded.")
     for dataset, found in mixed.items():
