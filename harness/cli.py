@@ -380,14 +380,14 @@ def _close_stale(uri: str, experiment: str, suite: str) -> None:
 
 
 def cmd_status(args) -> int:
-    from harness.record import State, TrialRun
+    from harness.record import State, trial_runs
     from harness.suite import load_suite
     from harness.tracking import Tracker, mask_uri
 
     suite = load_suite(args.suite)
     tracker = Tracker(args.tracking_uri or suite.tracking_uri, suite.experiment)
     _close_stale(tracker.uri, suite.experiment, suite.name)
-    runs = {key: TrialRun.of(run) for key, run in tracker.trial_runs().items()}
+    runs = trial_runs(tracker)
     rows = []
     for t in suite.trials():
         run = runs.get(t.key)

@@ -253,6 +253,17 @@ def invocation_totals(finished: int, failed: int, skipped: int, seconds: float) 
             trial_count("skipped"): skipped, WALL_S: seconds}
 
 
+def placement_tags(node: str, device: str, cuda_visible_devices: str, workers: int = 1,
+                   batch_size: int = 0) -> dict[str, Any]:
+    """Where a trial trains, as tags; with ``workers`` > 1 also the per-worker share of the
+    global ``batch_size``."""
+    tags: dict[str, Any] = {TRAIN_NODE: node, DEVICE: device,
+                            CUDA_VISIBLE_DEVICES: cuda_visible_devices}
+    if workers > 1:
+        tags.update({TRAIN_WORKERS: workers, PER_WORKER_BATCH: batch_size // workers})
+    return tags
+
+
 @dataclass(frozen=True)
 class TrialWriter:
     """Writes one trial's record to its run. Picklable like the
@@ -346,17 +357,6 @@ class TrialWriter:
         self.logger.delete_tag(REASON)
 
 
-def placement_tags(node: str, device: str, cuda_visible_devices: str, workers: int = 1,
-              batch_size: int = 0) -> dict[str, Any]:
-    """Where a trial trains, as tags; with ``workers`` > 1 also the per-worker share of the
-    global ``batch_size``."""
-    tags: dict[str, Any] = {TRAIN_NODE: node, DEVICE: device,
-                            CUDA_VISIBLE_DEVICES: cuda_visible_devices}
-    if workers > 1:
-        tags.update({TRAIN_WORKERS: workers, PER_WORKER_BATCH: batch_size // workers})
-    return tags
-
-
 # -- readers ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrialRun:
@@ -375,6 +375,11 @@ class TrialRun:
         finals = {k[len(FINAL):]: v for k, v in metrics.items() if k.startswith(FINAL)}
         return cls(run.info.run_id, tags.get(KEY, ""), State.of(run.info.status), finals,
                    tags.get(REASON))
+
+
+def trial_runs(tracker: Any) -> dict[str, TrialRun]:
+    """The newest run of each trial key in a :class:`harness.tracking.Tracker`'s experiment."""
+    return {key: TrialRun.of(run) for key, run in tracker.trial_runs().items()}
 
 
 RUN_INFO = ("run_id", "experiment_id", "status", "artifact_uri", "start_time", "end_time")

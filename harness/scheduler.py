@@ -22,7 +22,8 @@ from typing import Any, Callable, TextIO
 
 from harness.ddp import train_parallel_task
 from harness.ray_session import RaySession, init_ray
-from harness.record import State, TrialRun, TrialWriter, invocation_tags, invocation_totals
+from harness.record import (State, TrialRun, TrialWriter, invocation_tags, invocation_totals,
+                            trial_runs)
 from harness.tasks import eval_task, shard_task, train_task
 from harness.tracking import CREDENTIALS, RunLogger, Tracker, git_commit
 
@@ -33,6 +34,8 @@ its divergence ~3x. Only the order in which shards are submitted depends on it."
 TASK_RETRIES = 3
 """Times Ray reruns a task whose worker or node died (not one that raised: a diverged or misconfigured
 trial fails at once). Each rerun resumes from the trial's last checkpoint."""
+INTERRUPTED = "interrupted (Ctrl-C)"
+"""Why runs end KILLED when the driver is interrupted (Ctrl-C or SIGTERM)."""
 
 
 def submit_evaluation(spec, checkpoint_dir: str, logger: RunLogger, plan, options: dict):
@@ -221,7 +224,7 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
     started = time.monotonic()
     commit = git_commit()
     states = [TrialState(t) for t in suite.trials()]
-    existing = _read_runs(tracker)
+    existing = trial_runs(tracker)
     session = RaySession()
     if force or any(_unfinished(existing.get(s.trial.key)) for s in states):
         session = init_ray(address, connect_timeout)  # a suite with nothing to do never starts Ray
@@ -232,7 +235,7 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
 
         def drive() -> SuiteSummary:
             # The driver waited for may have finished or failed trials meanwhile.
-            runs = _read_runs(tracker) if lease.waited else existing
+            runs = trial_runs(tracker) if lease.waited else existing
             driver = _Driver(suite, tracker, lease.logger, storage, force, commit, stream,
                              address=address, timeout=connect_timeout, session=session)
             return driver.run(states, runs, started)
@@ -240,11 +243,6 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
         return _under_lease(lease, drive)
     finally:
         session.close()
-
-
-def _read_runs(tracker: Tracker) -> dict[str, TrialRun]:
-    """The newest run of each trial key, as the driver reads it."""
-    return {key: TrialRun.of(run) for key, run in tracker.trial_runs().items()}
 
 
 def _open_store(suite, tracker: Tracker, wait: bool, stream: TextIO) -> Tracker:
@@ -277,10 +275,6 @@ def _under_lease(lease, work: Callable[[], SuiteSummary]) -> SuiteSummary:
     lease.release(State.FINISHED if summary.ok else State.FAILED,
                   None if summary.ok else f"{summary.count('failed')} trial(s) failed")
     return summary
-
-
-INTERRUPTED = "interrupted (Ctrl-C)"
-"""Why runs end KILLED when the driver is interrupted (Ctrl-C or SIGTERM)."""
 
 
 def _unfinished(run: TrialRun | None) -> bool:

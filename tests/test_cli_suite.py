@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from harness import record
 from harness.cli import main
 from harness.record import State
+from harness.tracking import store_lock
 from tests.test_scheduler import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +63,9 @@ def test_ctrl_c_kills_outstanding_runs_and_exits_cleanly(ray_cluster, tmp_path, 
     client = MlflowClient(uri)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until training has logged its first losses
-        exp = client.get_experiment_by_name("interrupt") if Path(tmp_path / "mlflow.db").exists() else None
+        with store_lock(uri):  # the driver makes the store under it: never touch one half made
+            made = Path(tmp_path / "mlflow.db").exists()
+        exp = client.get_experiment_by_name("interrupt") if made else None
         runs = client.search_runs([exp.experiment_id]) if exp else []
         if any(r.data.metrics.get(record.LOSS) is not None for r in runs):
             break
