@@ -223,14 +223,14 @@ def training_intervals(uri: str, experiment: str) -> list[tuple[float, float]]:
     logged as training ends, with the training time as its value."""
     from mlflow import MlflowClient
 
-    from harness.tracking import KIND
+    from harness import record
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], f"tags.`{KIND}` = 'trial'")
+    runs = client.search_runs([exp.experiment_id], record.kind_filter(record.TRIAL))
     out = []
     for run in runs:
-        (m,) = client.get_metric_history(run.info.run_id, "time/train_s")[-1:]
+        (m,) = client.get_metric_history(run.info.run_id, record.TRAIN_S)[-1:]
         out.append((m.timestamp / 1e3 - m.value, m.timestamp / 1e3))
     return out
 

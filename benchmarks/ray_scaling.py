@@ -96,19 +96,19 @@ def cluster(workers: int, folder: Path) -> Iterator[str]:
 
 def serial(suite, uri: str, storage: Path) -> float:
     """Seconds to run every trial of ``suite`` in this process, logging as the Ray tasks do."""
+    from harness.record import State, TrialWriter
     from harness.tasks import eval_task, train_task
-    from harness.tracking import FINISHED, KEY, KIND, SCHEDULED, SUITE, Tracker
+    from harness.tracking import Tracker, git_commit
 
     tracker = Tracker(uri, f"{suite.name}-serial")
     started = time.perf_counter()
     tracker.connect()
     for t in suite.trials():
-        logger = tracker.start_run(t.name, {KIND: "trial", SUITE: suite.name, KEY: t.key},
-                                   status=SCHEDULED)
+        writer = TrialWriter.create(tracker, suite.name, t, git_commit())
         folder = str(storage / "serial" / t.key)
-        train_task(t.spec, folder, logger)
-        eval_task(t.spec, folder, logger)
-        logger.finish(FINISHED)
+        train_task(t.spec, folder, writer.logger)
+        eval_task(t.spec, folder, writer.logger)
+        writer.end(State.FINISHED)
     return time.perf_counter() - started
 
 
@@ -130,13 +130,14 @@ def work_seconds(uri: str, experiment: str) -> float:
     (``time/train_s`` + ``final/eval_time``): the work itself, without setup, logging or waiting."""
     from mlflow import MlflowClient
 
-    from harness.tracking import KIND
+    from harness import record
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], f"tags.`{KIND}` = 'trial'", max_results=1000)
-    return sum(r.data.metrics.get("time/train_s", 0.0) + r.data.metrics.get("final/eval_time", 0.0)
-               for r in runs)
+    runs = client.search_runs([exp.experiment_id], record.kind_filter(record.TRIAL),
+                              max_results=1000)
+    return sum(r.data.metrics.get(record.TRAIN_S, 0.0)
+               + r.data.metrics.get(record.final("eval_time"), 0.0) for r in runs)
 
 
 def measure(steps: int, trials: int, workers: int, folder: Path) -> dict[str, float]:

@@ -38,7 +38,8 @@ if str(ROOT) not in sys.path:  # runnable as `python benchmarks/report_scale.py`
 from harness.report import build_report  # noqa: E402
 from harness.report.collect import Store  # noqa: E402
 from harness.suite import load_suite  # noqa: E402
-from harness.tracking import flatten  # noqa: E402
+from harness import record  # noqa: E402
+from harness.record import State, flatten  # noqa: E402
 
 SUITE = """\
 name: scale
@@ -72,8 +73,7 @@ def synthesize(folder: Path, n: int) -> tuple[str, object]:
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = int(client.create_experiment("scale", artifact_location=str(folder / "artifacts")))
-    parent = client.create_run(str(exp), tags={"fmbench.kind": "invocation",
-                                               "fmbench.suite": "scale"})
+    parent = client.create_run(str(exp), tags=record.invocation_tags("scale", "0" * 40))
     client.set_terminated(parent.info.run_id)
     rng = random.Random(0)
     now = int(time.time() * 1000)
@@ -81,34 +81,32 @@ def synthesize(folder: Path, n: int) -> tuple[str, object]:
     for i, t in enumerate(trials):
         rid = uuid.uuid4().hex
         roll = rng.random()
-        status = "FAILED" if roll < 0.02 else "RUNNING" if roll < 0.03 else "FINISHED"
+        state = State.FAILED if roll < 0.02 else State.RUNNING if roll < 0.03 else State.FINISHED
+        status = state.status
         runs.append((rid, t.name, "UNKNOWN", "", "", "bench", status, now + i, now + i + 1, "",
                      "active", f"{folder}/artifacts/{rid}/artifacts", exp))
-        tag = {"fmbench.kind": "trial", "fmbench.suite": "scale", "fmbench.trial_key": t.key,
-               "fmbench.method": t.method.label, "fmbench.dataset": t.dataset.name,
-               "fmbench.seed": str(t.seed), "fmbench.git_commit": "0" * 40,
-               "fmbench.harness_version": "0.1.0", "fmbench.device": "cpu",
-               "fmbench.train_node": "node", "mlflow.runName": t.name}
-        if status == "FAILED":
-            tag["fmbench.failure"] = "DivergenceError: loss is nan"
-        tags += [(k, v, rid) for k, v in tag.items()]
+        tag = {**record.trial_tags("scale", t, "0" * 40), record.HARNESS_VERSION: "0.1.0",
+               **record.placement_tags("node", "cpu", ""), "mlflow.runName": t.name}
+        if state is State.FAILED:
+            tag[record.REASON] = "DivergenceError: loss is nan"
+        tags += [(k, str(v), rid) for k, v in tag.items()]
         config = {**configs[t.method.name, t.dataset.name], "seed": str(t.seed),
                   "train.seed": str(t.seed), "eval.seed": str(t.seed)}
         params += [(k, v, rid) for k, v in config.items()]
         ot = t.method.name in ("fm-ot", "rectified-flow", "ot-cfm")
-        points = [("train/loss", 1.0 / (1 + s / 50) + rng.random() * 0.05, s)
+        points = [(record.LOSS, 1.0 / (1 + s / 50) + rng.random() * 0.05, s)
                   for s in range(0, 300, 10)]
-        points += [("during/w2", QUALITY[t.dataset.name] * (1 + 600 / s) * rng.uniform(0.9, 1.1),
+        points += [(record.during("w2"), QUALITY[t.dataset.name] * (1 + 600 / s) * rng.uniform(0.9, 1.1),
                     s) for s in (100, 200, 300)]
-        points += [(f"error/{solver}", (2e-3 if ot else 1e-2) / b * rng.uniform(0.8, 1.2), b)
+        points += [(record.error(solver), (2e-3 if ot else 1e-2) / b * rng.uniform(0.8, 1.2), b)
                    for solver in ("euler", "midpoint", "rk4") for b in (4, 8, 16)]
-        if status == "FINISHED":
+        if state is State.FINISHED:
             nfe = (60 if ot else 110) * rng.uniform(0.9, 1.1)
-            points += [(f"final/{k}", v, 300) for k, v in {
+            points += [(record.final(k), v, 300) for k, v in {
                 "nfe": nfe, "nll": 2.6 + rng.random() * 0.2, "nll_se": 0.02, "nll_nfe": 2 * nfe,
                 "w2": QUALITY[t.dataset.name] * rng.uniform(0.9, 1.3), "mmd": 1e-3,
                 "eval_time": 10 * rng.uniform(0.8, 1.2)}.items()]
-            points.append(("time/train_s", 60 * rng.uniform(0.8, 1.2), 300))
+            points.append((record.TRAIN_S, 60 * rng.uniform(0.8, 1.2), 300))
         last = {}
         for key, value, step in points:
             metrics.append((key, value, now, rid, step, 0))

@@ -29,16 +29,9 @@ from harness import __version__
 from harness.errors import HarnessError
 from harness.record import (EXPERIMENT_KIND, HARNESS_VERSION, KEY, KIND, PARENT, REASON,
                             SUITE_KIND, TRAINING_KIND, TRIAL, State, flatten, kind_filter)
-from harness.record import SUITE, TAG  # noqa: F401  (importable from here, as before the record)
 from harness.settings import env_seconds
 
 T = TypeVar("T")
-
-# Run statuses as MLflow spells them, importable from here as before the record owned them.
-FINISHED, FAILED, KILLED, RUNNING, SCHEDULED = (State.FINISHED.status, State.FAILED.status,
-                                                State.KILLED.status, State.RUNNING.status,
-                                                State.SCHEDULED.status)
-PARENT_TAG = PARENT
 
 
 class TrackingError(HarnessError):
@@ -514,7 +507,7 @@ class Tracker:
         return None if exp is None or exp.lifecycle_stage == "deleted" else exp.experiment_id
 
     def start_run(self, name: str, tags: dict[str, Any], parent_id: str | None = None,
-                  status: str = RUNNING) -> RunLogger:
+                  status: str = State.RUNNING.status) -> RunLogger:
         """Create a run; trials start SCHEDULED and turn RUNNING when their task starts."""
         tags = {**tags, HARNESS_VERSION: __version__}
         if parent_id:
@@ -523,14 +516,14 @@ class Tracker:
         run = retry(lambda: self.client.create_run(exp, tags={k: str(v) for k, v in tags.items()},
                                                    run_name=name), f"creating run {name}")
         logger = RunLogger(self.uri, run.info.run_id)
-        if status != RUNNING:
+        if status != State.RUNNING.status:
             logger.set_status(status)
         return logger
 
     def reopen(self, run_id: str) -> RunLogger:
         """Mark an unfinished run as scheduled again (its trial resumes from its checkpoint)."""
         logger = RunLogger(self.uri, run_id)
-        logger.set_status(SCHEDULED)
+        logger.set_status(State.SCHEDULED.status)
         return logger
 
     def trial_runs(self) -> dict[str, Any]:
