@@ -4,7 +4,7 @@
     python benchmarks/gpu_check.py --tiny     # CPU form, under a minute: what CI runs
 
 Three checks, one table:
-  unet step      fmbench's U-Net training step (harness.train.train) with each speed setting of
+  unet step      fmbench's U-Net training step (harness.core.train.train) with each speed setting of
                  TrainConfig (precision bf16, compile, channels_last, pin_memory, fused_adam), one
                  at a time and all together, against fp32 eager on the same model, data and batch.
                  Repetitions alternate (A, B, ..., then reversed) and each is one train() call;
@@ -48,9 +48,9 @@ if str(ROOT) not in sys.path:  # runnable as `python benchmarks/gpu_check.py` fr
 import torch  # noqa: E402
 
 from harness.datasets.base import Dataset  # noqa: E402
-from harness.methods import build_method  # noqa: E402
+from harness.core.methods import build_method  # noqa: E402
 from harness.models import build_model  # noqa: E402
-from harness.train import TrainConfig, train  # noqa: E402
+from harness.core.train import TrainConfig, train  # noqa: E402
 
 SETTINGS: dict[str, dict[str, object]] = {
     "fp32 eager": {},
@@ -223,7 +223,7 @@ def training_intervals(uri: str, experiment: str) -> list[tuple[float, float]]:
     logged as training ends, with the training time as its value."""
     from mlflow import MlflowClient
 
-    from harness import record
+    from harness.run import record
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
@@ -251,8 +251,8 @@ def pack_rows(sizes: Sizes, folder: Path) -> list[Row]:
     """4 trials at 1 GPU each against the same trials at 0.25 GPU each, on one (real or fake) GPU."""
     import ray
 
-    from harness.scheduler import run_suite
-    from harness.suite import load_suite
+    from harness.run.scheduler import run_suite
+    from harness.run.suite import load_suite
 
     uri = f"sqlite:///{folder / 'mlflow.db'}"
 
@@ -290,8 +290,8 @@ def pack_rows(sizes: Sizes, folder: Path) -> list[Row]:
 def digits_rows(sizes: Sizes, device: torch.device, features: str, folder: Path) -> list[Row]:
     """Train and evaluate one digits trial with FID on ``features``; when Inception is unavailable
     (no weights, no network) say why and give the classifier FID of the same trained network."""
-    from harness.evaluate import EvalConfig, evaluate_during_training
-    from harness.trial import TrialSpec, load_trained, prepare, run_trial
+    from harness.core.evaluate import EvalConfig, evaluate_during_training
+    from harness.run.trial import TrialSpec, load_trained, prepare, run_trial
 
     ecfg = EvalConfig(fid_features=features, **sizes.digits_eval)
     spec = TrialSpec(method="fm-ot", dataset="digits", download=False,
@@ -359,7 +359,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, help="repetitions of each accelerator setting")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     args = p.parse_args()
-    from harness.device import resolve_device
+    from harness.core.device import resolve_device
 
     device = resolve_device(args.device)
     sizes = TINY_SIZES if args.tiny else GPU_SIZES

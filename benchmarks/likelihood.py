@@ -8,7 +8,7 @@ Baseline (written here): ``odeint`` on the state (x, delta) with d delta/dt = di
 by autograd inside the ODE function with ``create_graph=True`` and the results returned as they
 are, the pattern of torchdiffeq's continuous-normalizing-flow example, which trains through the
 solve. Used for evaluation as it stands, it keeps every step's graph alive until the end of the
-solve. fmbench: ``harness.likelihood.log_likelihood``, which builds a graph for one divergence at
+solve. fmbench: ``harness.core.likelihood.log_likelihood``, which builds a graph for one divergence at
 a time and returns detached tensors. Both use the same velocity field, tolerances, and (for
 Hutchinson) the same Rademacher probe, so their log-likelihoods must agree up to the solver's
 tolerance: the script prints the largest difference.
@@ -34,12 +34,12 @@ from torch.profiler import ProfilerActivity, profile
 from torchdiffeq import odeint
 
 from harness.datasets import Dataset, load_dataset
-from harness.likelihood import log_likelihood
-from harness.methods import Method, build_method
+from harness.core.likelihood import log_likelihood
+from harness.core.methods import Method, build_method
 from harness.models import build_model
-from harness.solvers import NFECounter
-from harness.train import TrainConfig, train
-from harness.trial import MODEL_PRESETS
+from harness.core.solvers import NFECounter
+from harness.core.train import TrainConfig, train
+from harness.run.trial import MODEL_PRESETS
 from train_overhead import paired_ratio, side_by_side
 
 TOLERANCES = (1e-3, 1e-5)

@@ -19,10 +19,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from harness.evaluate import EvalConfig
-from harness.methods import METHODS
-from harness.train import TrainConfig
-from harness.trial import TrialSpec, run_trial
+from harness.core.evaluate import EvalConfig
+from harness.core.methods import METHODS
+from harness.core.train import TrainConfig
+from harness.run.trial import TrialSpec, run_trial
 
 
 COLUMNS = {"nfe": "NFE (dopri5) ↓", "nll": "NLL (nats) ↓", "bpd": "bits/dim ↓", "w2": "W2 ↓",

@@ -59,7 +59,7 @@ TARGET = 0.9
 
 def write_suite(folder: Path, name: str, steps: int, trials: int):
     """A suite of ``trials`` seeds of fm-ot on 8gaussians trained for ``steps`` steps."""
-    from harness.suite import load_suite
+    from harness.run.suite import load_suite
 
     path = folder / f"{name}.yaml"
     path.write_text(SUITE.format(name=name, base=ROOT / "suites" / "base-2d.yaml", trials=trials,
@@ -96,9 +96,9 @@ def cluster(workers: int, folder: Path) -> Iterator[str]:
 
 def serial(suite, uri: str, storage: Path) -> float:
     """Seconds to run every trial of ``suite`` in this process, logging as the Ray tasks do."""
-    from harness.record import State, TrialWriter
-    from harness.tasks import eval_task, train_task
-    from harness.tracking import Tracker, git_commit
+    from harness.run.record import State, TrialWriter
+    from harness.run.tasks import eval_task, train_task
+    from harness.run.tracking import Tracker, git_commit
 
     tracker = Tracker(uri, f"{suite.name}-serial")
     started = time.perf_counter()
@@ -114,7 +114,7 @@ def serial(suite, uri: str, storage: Path) -> float:
 
 def parallel(suite, uri: str, storage: Path) -> float:
     """Seconds ``run_suite`` takes for ``suite`` on the connected cluster; every trial must finish."""
-    from harness.scheduler import run_suite
+    from harness.run.scheduler import run_suite
 
     started = time.perf_counter()
     summary = run_suite(suite, tracking_uri=uri, storage=str(storage / "ray"), stream=io.StringIO())
@@ -130,7 +130,7 @@ def work_seconds(uri: str, experiment: str) -> float:
     (``time/train_s`` + ``final/eval_time``): the work itself, without setup, logging or waiting."""
     from mlflow import MlflowClient
 
-    from harness import record
+    from harness.run import record
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)

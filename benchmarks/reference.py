@@ -81,7 +81,7 @@ def summarize(values: list[float]) -> dict:
 
 def settings(spec) -> dict:
     """A trial's science settings without the science version: what must match for a comparison."""
-    from harness.suite import science_config
+    from harness.run.suite import science_config
 
     config = science_config(spec)
     config.pop("science_version")
@@ -99,7 +99,7 @@ def _run_one(spec, out_dir: str) -> tuple[str, str, int, dict]:
     """Worker: one trial, one thread (the pool runs one trial per core)."""
     import torch
 
-    from harness.trial import run_trial
+    from harness.run.trial import run_trial
 
     torch.set_num_threads(1)
     result = run_trial(spec, Path(out_dir) / spec.name)
@@ -134,7 +134,7 @@ def make(args) -> int:
     import torch
 
     from harness import SCIENCE_VERSION, __version__
-    from harness.suite import load_suite
+    from harness.run.suite import load_suite
 
     suite = load_suite(args.suite)
     trials = select(suite, args.methods, args.datasets, args.seeds)
@@ -199,7 +199,7 @@ def compare(reference: dict, results: dict[tuple[str, str], dict[int, dict]]) ->
 
 
 def check(args) -> int:
-    from harness.suite import load_suite
+    from harness.run.suite import load_suite
 
     path = ROOT / args.reference if not Path(args.reference).is_absolute() else Path(args.reference)
     try:

@@ -37,9 +37,9 @@ if str(ROOT) not in sys.path:  # runnable as `python benchmarks/report_scale.py`
 
 from harness.report import build_report  # noqa: E402
 from harness.report.collect import Store  # noqa: E402
-from harness.suite import load_suite  # noqa: E402
-from harness import record  # noqa: E402
-from harness.record import State, flatten  # noqa: E402
+from harness.run.suite import load_suite  # noqa: E402
+from harness.run import record  # noqa: E402
+from harness.run.record import State, flatten  # noqa: E402
 
 SUITE = """\
 name: scale
@@ -51,7 +51,7 @@ QUALITY = {"8gaussians": 0.3, "moons": 0.15, "circles": 0.2}
 
 def _configs(suite) -> dict[tuple[str, str], dict[str, str]]:
     """Flattened resolved configs per (method, dataset), as trials log them (seed 0)."""
-    from harness.trial import prepare
+    from harness.run.trial import prepare
 
     out = {}
     for t in suite.trials():

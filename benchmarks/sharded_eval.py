@@ -38,12 +38,12 @@ def main() -> None:
     import ray
     import torch
 
-    from harness.evaluate import EvalConfig
-    from harness.scheduler import submit_evaluation
-    from harness.shards import plan_shards
-    from harness.tracking import Tracker
-    from harness.train import TrainConfig
-    from harness.trial import TrialSpec, prepare, train_trial
+    from harness.core.evaluate import EvalConfig
+    from harness.run.scheduler import submit_evaluation
+    from harness.core.shards import plan_shards
+    from harness.run.tracking import Tracker
+    from harness.core.train import TrainConfig
+    from harness.run.trial import TrialSpec, prepare, train_trial
 
     torch.set_num_threads(1)
     samples, nll, reps = (400, 200, 1) if args.tiny else (2000, 1000, args.reps)

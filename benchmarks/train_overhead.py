@@ -27,10 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from harness.datasets import load_dataset
-from harness.methods import build_method
+from harness.core.methods import build_method
 from harness.models import build_model
-from harness.train import TrainConfig, train
-from harness.trial import MODEL_PRESETS
+from harness.core.train import TrainConfig, train
+from harness.run.trial import MODEL_PRESETS
 
 PairSampler = Callable[[Tensor, Tensor, torch.Generator], "tuple[Tensor, Tensor, Tensor]"]
 """(x0, x1, generator) -> (t (B,), x_t (B, D), target velocity u_t (B, D))."""
@@ -81,7 +81,7 @@ def bare_loop(net: nn.Module, data: Tensor, cfg: TrainConfig, pairs: PairSampler
               **adamw: object) -> nn.Module:
     """``cfg.steps`` plain AdamW steps on vector data (N, D); returns the EMA network.
 
-    Same work per step as :func:`harness.train.train`: batch, noise and times from one generator
+    Same work per step as :func:`harness.core.train.train`: batch, noise and times from one generator
     seeded by ``cfg.seed``, warmup LR, clipping, EMA with fmbench's ramp. ``adamw``: extra
     AdamW arguments (the implementation: ``foreach``, ``fused``)."""
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -5,7 +5,7 @@
 
 Needs torchcfm (``pip install --no-deps -r benchmarks/requirements.txt``); it is not a dependency of the package.
 
-fmbench side: ``harness.train.train`` with method ``fm-ot`` or ``ot-cfm``. torchcfm side: the loop
+fmbench side: ``harness.core.train.train`` with method ``fm-ot`` or ``ot-cfm``. torchcfm side: the loop
 of ``train_overhead.bare_loop`` (same MLP, AdamW, warmup, batch, gradient clipping and EMA, so
 both sides do the same work per step) with the conditional path drawn by torchcfm's
 ``ConditionalFlowMatcher(sigma=0)`` or ``ExactOptimalTransportConditionalFlowMatcher(sigma=0)``
@@ -26,10 +26,10 @@ import sys
 import torch
 
 from harness.datasets import load_dataset
-from harness.methods import build_method
+from harness.core.methods import build_method
 from harness.models import build_model
-from harness.train import TrainConfig, train
-from harness.trial import MODEL_PRESETS
+from harness.core.train import TrainConfig, train
+from harness.run.trial import MODEL_PRESETS
 from train_overhead import PairSampler, bare_loop, paired_ratio, side_by_side
 
 

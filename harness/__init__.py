@@ -1,7 +1,9 @@
 """fmbench: a benchmarking harness for Flow Matching and diffusion generative models.
 
-The science core (paths, methods, solvers, likelihood, metrics, datasets, models, training,
-evaluation) imports neither Ray nor MLflow; scheduling and tracking live in their own modules.
+Layout (docs/design.md §1.2): ``core/`` the science (paths, methods, solvers, likelihood,
+metrics, training, evaluation), with ``datasets/`` and ``models/`` beside it, none of which imports
+Ray or MLflow; ``run/`` suites, trials, the Ray scheduler and the MLflow record; ``report/`` tables
+and figures from the record; ``cli.py`` the ``fmbench`` command.
 """
 
 __version__ = "0.1.0"
@@ -10,7 +12,7 @@ __version__ = "0.1.0"
 # (hash of resolved config + science version) never match results of older science (docs/design.md §4.1).
 SCIENCE_VERSION = "4"
 # 2: evaluation noise, Hutchinson probes and dequantization are drawn per chunk of batch_size from
-#    a seed derived from (eval seed, part, chunk) (harness.shards), so sharded and single-task
+#    a seed derived from (eval seed, part, chunk) (harness.core.shards), so sharded and single-task
 #    evaluations agree exactly; mean NFEs weight each batch solve by its examples; NLL standard
 #    errors are over examples (each one estimate over its dequantization draws).
 # 3: networks' time code works on t's own scale by default (model option time_scale = 1; it was a

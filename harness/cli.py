@@ -13,7 +13,7 @@ from harness import __version__
 from harness.errors import ConfigError, DataError, HarnessError
 
 if TYPE_CHECKING:
-    from harness.trial import TrialSpec
+    from harness.run.trial import TrialSpec
 
 EXAMPLES = """\
 Examples:
@@ -50,12 +50,12 @@ def _declared_default(section: str, name: str, method: str = "") -> Any:
     """A setting's default where it is declared: a field of TrialSpec ("trial"), TrainConfig
     ("train") or EvalConfig ("eval"), or an option ("method") of ``method``'s registration."""
     if section == "method":
-        from harness.methods import method_options
+        from harness.core.methods import method_options
 
         return method_options(method)[name]
-    from harness.evaluate import EvalConfig
-    from harness.train import TrainConfig
-    from harness.trial import TrialSpec
+    from harness.core.evaluate import EvalConfig
+    from harness.core.train import TrainConfig
+    from harness.run.trial import TrialSpec
 
     owner = {"trial": TrialSpec, "train": TrainConfig, "eval": EvalConfig}[section]
     return next(f.default for f in fields(owner) if f.name == name)
@@ -191,10 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_list(args) -> int:
     from harness.datasets import DATASETS
-    from harness.methods import METHODS
-    from harness.metrics import METRICS
+    from harness.core.methods import METHODS
+    from harness.core.metrics import METRICS
     from harness.models import MODELS
-    from harness.solvers import SOLVERS
+    from harness.core.solvers import SOLVERS
 
     families = {"methods": METHODS, "datasets": DATASETS, "models": MODELS, "solvers": SOLVERS,
                 "metrics": METRICS}
@@ -217,10 +217,10 @@ def _trial_spec(args) -> TrialSpec:
     from pathlib import Path
 
     from harness.datasets import DATASETS
-    from harness.evaluate import EvalConfig
-    from harness.methods import METHODS, build_method
-    from harness.train import TrainConfig
-    from harness.trial import TrialSpec
+    from harness.core.evaluate import EvalConfig
+    from harness.core.methods import METHODS, build_method
+    from harness.core.train import TrainConfig
+    from harness.run.trial import TrialSpec
 
     if args.data_root is not None and not Path(args.data_root).expanduser().is_dir():
         raise DataError(f"data root {args.data_root} does not exist or is not a folder")
@@ -280,8 +280,8 @@ def _print_trial(result, spec, device, as_json: bool) -> None:
 def cmd_trial(args) -> int:
     from pathlib import Path
 
-    from harness.device import resolve_device
-    from harness.trial import run_trial
+    from harness.core.device import resolve_device
+    from harness.run.trial import run_trial
 
     spec = _trial_spec(args)
     device = resolve_device(args.device)
@@ -296,7 +296,7 @@ def cmd_trial(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from harness.suite import load_suite
+    from harness.run.suite import load_suite
 
     suite = load_suite(args.suite)
     print(f"{args.suite}: ok ({suite.size} trials)")
@@ -308,11 +308,11 @@ def _resources(r) -> str:
 
 
 def cmd_plan(args) -> int:
-    from harness.suite import load_suite
+    from harness.run.suite import load_suite
 
     suite = load_suite(args.suite)
     if args.json:
-        from harness.plan import plan_json
+        from harness.run.plan import plan_json
 
         for part in plan_json(suite):
             print(part, end="")
@@ -344,9 +344,9 @@ def _fmt_metric(value) -> str:
 
 
 def cmd_run(args) -> int:
-    from harness.scheduler import run_suite
-    from harness.suite import load_suite
-    from harness.tracking import Tracker
+    from harness.run.scheduler import run_suite
+    from harness.run.suite import load_suite
+    from harness.run.tracking import Tracker
 
     suite = load_suite(args.suite)
     tracker = Tracker(args.tracking_uri or suite.tracking_uri, suite.experiment)
@@ -371,8 +371,8 @@ def cmd_run(args) -> int:
 
 
 def _close_stale(uri: str, experiment: str, suite: str) -> None:
-    """Close invocations whose driver is gone (harness.invocation) and say so on stderr."""
-    from harness.invocation import close_stale, closed_note
+    """Close invocations whose driver is gone (harness.run.invocation) and say so on stderr."""
+    from harness.run.invocation import close_stale, closed_note
 
     closed = close_stale(uri, experiment, suite)
     if closed:
@@ -380,9 +380,9 @@ def _close_stale(uri: str, experiment: str, suite: str) -> None:
 
 
 def cmd_status(args) -> int:
-    from harness.record import State, trial_runs
-    from harness.suite import load_suite
-    from harness.tracking import Tracker, mask_uri
+    from harness.run.record import State, trial_runs
+    from harness.run.suite import load_suite
+    from harness.run.tracking import Tracker, mask_uri
 
     suite = load_suite(args.suite)
     tracker = Tracker(args.tracking_uri or suite.tracking_uri, suite.experiment)
@@ -427,8 +427,8 @@ def cmd_ui(args) -> int:
     import os
     import subprocess
 
-    from harness.record import SUITE_KIND, kind_filter
-    from harness.tracking import (check_reachable, check_store, mask_uri, mlflow_client,
+    from harness.run.record import SUITE_KIND, kind_filter
+    from harness.run.tracking import (check_reachable, check_store, mask_uri, mlflow_client,
                                   resolve_tracking_uri, retry, split_credentials, ui_url)
 
     uri = resolve_tracking_uri(args.tracking_uri)

@@ -9,7 +9,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import pytest  # noqa: E402
 import torch
 
-from harness.methods import METHODS, build_method
+from harness.core.methods import METHODS, build_method
 
 
 @pytest.fixture(params=METHODS.names())

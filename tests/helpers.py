@@ -30,7 +30,7 @@ def chromium() -> str:
 
 def new_experiment(uri: str, name: str, folder) -> str:
     """An experiment whose artifacts stay under ``folder`` (MLflow's default root is the current
-    folder); :class:`harness.tracking.Tracker` then opens it as its own. Returns its id."""
+    folder); :class:`harness.run.tracking.Tracker` then opens it as its own. Returns its id."""
     from mlflow import MlflowClient
 
     return MlflowClient(uri).create_experiment(name, artifact_location=str(folder))
@@ -40,8 +40,8 @@ def finished_trial(uri: str, experiment: str, name: str = "fm-ot-8gaussians-s0",
                    suite: str | None = None) -> str:
     """One finished trial run with one final metric (``w2`` = 0.25), written through the record
     as fmbench writes it; returns its run id."""
-    from harness import record
-    from harness.tracking import Tracker
+    from harness.run import record
+    from harness.run.tracking import Tracker
 
     tags = {record.KIND: record.TRIAL, **({record.SUITE: suite} if suite else {})}
     writer = record.TrialWriter(Tracker(uri, experiment).start_run(name, tags))

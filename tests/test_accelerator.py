@@ -9,11 +9,11 @@ import torch
 
 from harness.datasets import load_dataset
 from harness.errors import ConfigError
-from harness.methods import build_method
+from harness.core.methods import build_method
 from harness.models import build_model
-from harness.suite import load_suite, trial_key
-from harness.train import TrainConfig, pins_batches, train
-from harness.trial import TrialSpec
+from harness.run.suite import load_suite, trial_key
+from harness.core.train import TrainConfig, pins_batches, train
+from harness.run.trial import TrialSpec
 
 BASE = TrainConfig(steps=12, batch_size=64, warmup_steps=4, checkpoint_every=0, log_every=4)
 ROUNDING = 1e-4

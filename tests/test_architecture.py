@@ -91,3 +91,49 @@ def test_every_function_is_short():
                 if length > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(ROOT)}:{node.name} ({length} lines)")
     assert long == []
+
+
+SCIENCE = ("harness.core", "harness.datasets", "harness.models")
+"""The packages that must run without a cluster or a tracking store."""
+ORCHESTRATION = ("ray", "mlflow", "harness.run", "harness.report", "harness.cli")
+
+
+def _imported_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_the_science_core_imports_neither_ray_mlflow_nor_the_orchestration():
+    modules = _modules()
+    assert any(name.startswith("harness.core.") for name in modules)
+    offending = [f"{name} imports {target}" for name, tree in modules.items()
+                 if name.startswith(SCIENCE) for target in sorted(_imported_names(tree))
+                 if any(target == o or target.startswith(o + ".") for o in ORCHESTRATION)]
+    assert offending == []
+
+
+RECORD_MODULE = PACKAGE / "run" / "record.py"
+RECORD_PREFIXES = ("fmbench.", "final/", "during/", "train/", "time/", "error/")
+
+
+def test_only_the_record_module_spells_an_mlflow_key():
+    spelled = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == RECORD_MODULE:
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                        ast.AsyncFunctionDef))
+                      and n.body and isinstance(n.body[0], ast.Expr)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and id(node) not in docstrings and node.value.startswith(RECORD_PREFIXES)):
+                spelled.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+    assert RECORD_MODULE.exists()
+    assert spelled == []

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.checkpoint import save_checkpoint
+from harness.core.checkpoint import save_checkpoint
 from harness.cli import main
 from tests.servers import free_port
 from tests.test_suite import BAD, MINIMAL
@@ -95,8 +95,8 @@ def _trial(out: Path, *extra: str) -> list[str]:
 
 def _good_checkpoint_bytes(tmp_path) -> bytes:
     """What a 20-step training writes: the file the damaged variants start from."""
-    from harness.train import TrainConfig
-    from harness.trial import TrialSpec, prepare, train_trial
+    from harness.core.train import TrainConfig
+    from harness.run.trial import TrialSpec, prepare, train_trial
 
     spec = TrialSpec("fm-ot", "moons", train=TrainConfig(steps=20, batch_size=64))
     train_trial(prepare(spec), tmp_path / "good")
@@ -192,7 +192,7 @@ def test_unreachable_tracking_server_names_the_uri_and_touches_nothing(tmp_path,
 
 
 def test_bad_retry_setting_is_one_line(tmp_path, capsys, monkeypatch):
-    from harness.tracking import retry
+    from harness.run.tracking import retry
 
     monkeypatch.setenv("FMBENCH_TRACKING_RETRY_S", "soon")
     with pytest.raises(Exception, match="FMBENCH_TRACKING_RETRY_S must be a number of seconds"):

@@ -8,7 +8,7 @@ import pytest
 
 from harness.cli import main
 from harness.datasets import DATASETS
-from harness.methods import METHODS
+from harness.core.methods import METHODS
 
 
 def test_list_json_names_every_component(capsys):

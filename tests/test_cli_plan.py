@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import harness.datasets
-import harness.methods
-import harness.trial
+import harness.core.methods
+import harness.run.trial
 from harness.cli import main
-from harness.plan import RUN_TIME
-from harness.suite import load_suite
+from harness.run.plan import RUN_TIME
+from harness.run.suite import load_suite
 from tests.helpers import error_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +28,8 @@ def no_data_no_gpu(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("plan --json touched data or the GPU")
 
-    for module, name in ((harness.datasets, "load_dataset"), (harness.trial, "load_dataset"),
-                         (harness.methods, "max_pairwise_distance"), (torch.cuda, "is_available"),
+    for module, name in ((harness.datasets, "load_dataset"), (harness.run.trial, "load_dataset"),
+                         (harness.core.methods, "max_pairwise_distance"), (torch.cuda, "is_available"),
                          (torch.cuda, "init")):
         monkeypatch.setattr(module, name, refuse)
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from harness import record
+from harness.run import record
 from harness.cli import main
-from harness.record import State
-from harness.tracking import store_lock
+from harness.run.record import State
+from harness.run.tracking import store_lock
 from tests.test_scheduler import TINY
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,9 +22,9 @@ import torch
 from torchdiffeq import odeint
 
 from harness.datasets import load_dataset
-from harness.evaluate import sample
-from harness.likelihood import log_likelihood
-from harness.methods import build_method
+from harness.core.evaluate import sample
+from harness.core.likelihood import log_likelihood
+from harness.core.methods import build_method
 from harness.models import MLP
 
 
@@ -321,7 +321,7 @@ class CallCounter(torch.nn.Module):
 
 @pytest.mark.parametrize("method_name", ["fm-ot", "fm-diffusion"])
 def test_sampling_nfe_matches_plain_torchdiffeq(method_name):
-    """fmbench's sampling NFE (``harness.evaluate.sample``: dopri5 at atol = rtol = 1e-5) against a
+    """fmbench's sampling NFE (``harness.core.evaluate.sample``: dopri5 at atol = rtol = 1e-5) against a
     plain ``torchdiffeq.odeint`` of the same weights with a call counter around the network.
 
     Mirrored explicitly in the plain call: the time span [0, t_max] (fm-diffusion's VP cut-off

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import record
-from harness.checkpoint import load_checkpoint
-from harness.ddp import train_distributed
+from harness.run import record
+from harness.core.checkpoint import load_checkpoint
+from harness.run.ddp import train_distributed
 from harness.errors import ConfigError
-from harness.tracking import Tracker
-from harness.train import CHECKPOINT_NAME, TrainConfig, train
-from harness.trial import TrialSpec, prepare
+from harness.run.tracking import Tracker
+from harness.core.train import CHECKPOINT_NAME, TrainConfig, train
+from harness.run.trial import TrialSpec, prepare
 
 ATOL = 1e-6
 """2 gloo workers vs 1 process differ by float reduction order only (weights are O(1)): measured

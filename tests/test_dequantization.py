@@ -8,12 +8,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from harness.analytic import GaussianData
+from harness.core.analytic import GaussianData
 from harness.datasets import Dataset
-from harness.evaluate import EvalConfig
-from harness.likelihood import bits_per_dim, importance_weighted_bits_per_dim
-from harness.methods import build_method
-from harness.shards import chunk_seed, evaluate_parts, evaluate_shard, plan_shards
+from harness.core.evaluate import EvalConfig
+from harness.core.likelihood import bits_per_dim, importance_weighted_bits_per_dim
+from harness.core.methods import build_method
+from harness.core.shards import chunk_seed, evaluate_parts, evaluate_shard, plan_shards
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

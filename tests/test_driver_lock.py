@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from harness import invocation, record
-from harness.invocation import (DRIVER_GONE, HEARTBEAT, HOST, LEASE, LOST_ELECTION, PID,
+from harness.run import invocation, record
+from harness.run.invocation import (DRIVER_GONE, HEARTBEAT, HOST, LEASE, LOST_ELECTION, PID,
                                 SuiteLockedError, acquire, close_stale, gone_count)
-from harness.record import INVOCATION, KEY, KIND, REASON, SUITE, TRIAL, State
-from harness.tracking import Tracker
+from harness.run.record import INVOCATION, KEY, KIND, REASON, SUITE, TRIAL, State
+from harness.run.tracking import Tracker
 from tests.test_reliability import _checkpoint_step, _wait_for, _write
 
 ONE_LINE = re.compile(r"fmbench: error: [^\n]+\n")
@@ -186,7 +186,7 @@ def test_watchdog_ends_only_the_processes_of_its_node_when_the_driver_is_gone(tm
     """Stand-ins for a node's processes: one logging into the node's session folder, one with
     the node's id in its environment; a bystander logs elsewhere. Closing the driver's end of
     the pipe (what its death does) ends the first two within seconds, never the third."""
-    from harness.reaper import Watchdog
+    from harness.run.reaper import Watchdog
 
     session, elsewhere = tmp_path / "session_1", tmp_path / "session_10"
     session.mkdir()

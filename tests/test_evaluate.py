@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from harness.analytic import GaussianData
+from harness.core.analytic import GaussianData
 from harness.datasets import Dataset
 from harness.errors import ConfigError
-from harness.evaluate import (EvalConfig, evaluate_numerical_error, evaluate_sampling,
+from harness.core.evaluate import (EvalConfig, evaluate_numerical_error, evaluate_sampling,
                               evaluate_trajectories)
-from harness.methods import build_method
+from harness.core.methods import build_method
 
 DATA = GaussianData(mean=torch.tensor([1.0, -0.5]), std=0.5)
 DATASET = Dataset("gauss", train=DATA.mean + DATA.std * torch.randn(4000, 2),
@@ -65,7 +65,7 @@ def test_exact_field_samples_score_at_the_noise_floor():
     method = build_method("fm-ot")
     metrics, samples = evaluate_sampling(method, DATA.oracle(method), DATASET,
                                          EvalConfig(samples=1000, tol=1e-5), "cpu")
-    from harness.metrics import wasserstein2
+    from harness.core.metrics import wasserstein2
 
     floor = wasserstein2(DATASET.train[:1000], DATASET.test[:1000])  # two true samples
     assert metrics["w2"] < floor + 0.03 and metrics["nfe"] > 0
@@ -82,7 +82,7 @@ def test_bad_evaluation_settings(field, value):
 
 
 def _tiny_digits_trial():
-    from harness.trial import TrialSpec, prepare
+    from harness.run.trial import TrialSpec, prepare
 
     prep = prepare(TrialSpec(method="fm-ot", dataset="digits",
                              model_options={"channels": 8, "groups": 4}))
@@ -93,7 +93,7 @@ def _tiny_digits_trial():
 
 
 def test_fid_and_fid_vs_nfe_for_images(tmp_path, monkeypatch):
-    from harness.evaluate import evaluate
+    from harness.core.evaluate import evaluate
 
     monkeypatch.setenv("FMBENCH_CACHE", str(tmp_path))
     prep, net = _tiny_digits_trial()
@@ -111,13 +111,13 @@ def test_fid_and_fid_vs_nfe_for_images(tmp_path, monkeypatch):
 
 
 def test_missing_inception_keeps_other_metrics(tmp_path, monkeypatch):
-    import harness.fid
-    from harness.evaluate import evaluate
+    import harness.core.fid
+    from harness.core.evaluate import evaluate
 
     def unavailable(cfg, device, dataset=None):
-        raise harness.fid.FIDUnavailable("FID unavailable: Inception weights missing at /tmp/x")
+        raise harness.core.fid.FIDUnavailable("FID unavailable: Inception weights missing at /tmp/x")
 
-    monkeypatch.setattr(harness.fid, "build_extractor", unavailable)
+    monkeypatch.setattr(harness.core.fid, "build_extractor", unavailable)
     prep, net = _tiny_digits_trial()
     cfg = EvalConfig(tol=1e-3, samples=8, nll_samples=4, error_samples=2, nfe_budgets=(4,),
                      fid_samples=16, trajectory_samples=0)
@@ -127,9 +127,9 @@ def test_missing_inception_keeps_other_metrics(tmp_path, monkeypatch):
 
 
 def test_fid_during_training_reports_the_nfe_of_its_samples(tmp_path, monkeypatch):
-    import harness.fid
-    from harness.evaluate import evaluate_during_training
-    from harness.shards import evaluate_parts, mean_nfe
+    import harness.core.fid
+    from harness.core.evaluate import evaluate_during_training
+    from harness.core.shards import evaluate_parts, mean_nfe
 
     monkeypatch.setenv("FMBENCH_CACHE", str(tmp_path))
     prep, net = _tiny_digits_trial()
@@ -142,8 +142,8 @@ def test_fid_during_training_reports_the_nfe_of_its_samples(tmp_path, monkeypatc
     assert metrics["nfe"] == sum(shards[0].nfe) / 2  # two equal batches
 
     def unavailable(cfg, device, dataset=None):
-        raise harness.fid.FIDUnavailable("FID unavailable: weights missing")
+        raise harness.core.fid.FIDUnavailable("FID unavailable: weights missing")
 
-    monkeypatch.setattr(harness.fid, "build_extractor", unavailable)
-    with pytest.raises(harness.fid.FIDUnavailable):  # as before: the train task records it
+    monkeypatch.setattr(harness.core.fid, "build_extractor", unavailable)
+    with pytest.raises(harness.core.fid.FIDUnavailable):  # as before: the train task records it
         evaluate_during_training(prep.method, net, prep.dataset, cfg, "cpu")

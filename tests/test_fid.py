@@ -14,13 +14,13 @@ from PIL import Image
 
 import cleanfid
 import cleanfid.fid
-from harness import fid
+from harness.core import fid
 from harness.datasets import load_dataset
 from harness.datasets.base import Dataset
 from harness.errors import ConfigError, HarnessError
-from harness.feature_classifier import load_classifier
-from harness.fid import FIDConfig, FIDUnavailable
-from harness.metrics import METRICS
+from harness.core.feature_classifier import load_classifier
+from harness.core.fid import FIDConfig, FIDUnavailable
+from harness.core.metrics import METRICS
 
 # 200 references in batches of 100: small enough for 2 cores through the 299x299 resize.
 CFG = FIDConfig(features="classifier", num_gen=200, num_ref=200, batch_size=100)
@@ -207,7 +207,7 @@ def test_classifier_is_deterministic_and_accurate(trained, digits, tmp_path, mon
     extractor = fid.build_extractor(cfg, "cpu", digits)
     feats = fid.features_of_images(fid.levels_to_uint8(digits.test, 17), cfg, "cpu",
                                    extractor=extractor)
-    from harness.feature_classifier import _labelled
+    from harness.core.feature_classifier import _labelled
 
     logits = extractor.model.net.head(torch.from_numpy(feats).float())
     assert (logits.argmax(1) == _labelled(digits)[3]).float().mean() > 0.9

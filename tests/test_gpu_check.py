@@ -72,7 +72,7 @@ def test_offline_inception_is_a_table_line_and_the_classifier_fid_stands_in(tmp_
                                                                                monkeypatch):
     import cleanfid.downloads_helper
 
-    from harness import fid
+    from harness.core import fid
 
     path, url = fid.inception_weights("clean")
     if Path(path).exists():

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from harness.analytic import GaussianData
+from harness.core.analytic import GaussianData
 from harness.datasets import Dataset
-from harness.likelihood import bits_per_dim, log_likelihood
-from harness.methods import build_method
+from harness.core.likelihood import bits_per_dim, log_likelihood
+from harness.core.methods import build_method
 
 
 def test_exact_nll_equals_analytic_log_density(method):

@@ -6,12 +6,12 @@ import torch
 from scipy import stats
 from scipy.optimize import linear_sum_assignment
 
-from harness.analytic import GaussianData
+from harness.core.analytic import GaussianData
 from harness.datasets import Dataset
 from harness.errors import ConfigError, UnknownNameError
-from harness.methods import (METHODS, ScorePrediction, build_method, default_method_options,
+from harness.core.methods import (METHODS, ScorePrediction, build_method, default_method_options,
                              exact_ot_coupling)
-from harness.paths import VEPath
+from harness.core.paths import VEPath
 
 DATA = GaussianData(mean=torch.tensor([1.0, -0.5], dtype=torch.float64), std=0.5)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import record
+from harness.run import record
 from harness.cli import main
-from harness.tracking import Tracker, ui_url
+from harness.run.tracking import Tracker, ui_url
 from tests.servers import MlflowServer
 from tests.helpers import chromium, finished_trial
 

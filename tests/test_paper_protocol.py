@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.methods import build_method
-from harness.suite import load_suite
+from harness.core.methods import build_method
+from harness.run.suite import load_suite
 
 # Table 3 columns, plus the K of Table 4 and the precision of App. E.2.
 TABLE3 = {

@@ -5,7 +5,7 @@ import torch
 from torch.func import jvp
 
 from harness.errors import ConfigError
-from harness.paths import OTPath, VEPath, VPPath
+from harness.core.paths import OTPath, VEPath, VPPath
 
 PATHS = [OTPath(1e-4), OTPath(0.0), VPPath(), VEPath(0.01, 50.0), VEPath(0.01, 5.0)]
 

@@ -7,15 +7,15 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from harness import record
+from harness.run import record
 from harness.cli import main
-from harness.evaluation_types import ErrorPoint, EvalResult, FIDPoint
-from harness.record import State, TrialRun, TrialWriter
+from harness.core.evaluation_types import ErrorPoint, EvalResult, FIDPoint
+from harness.run.record import State, TrialRun, TrialWriter
 from harness.report.collect import Store
 from harness.report.grid import Plan, trial_frame
 from harness.report.provenance import cost_frame
-from harness.suite import load_suite
-from harness.tracking import Tracker
+from harness.run.suite import load_suite
+from harness.run.tracking import Tracker
 from tests.helpers import new_experiment
 
 SUITE = """\
@@ -241,7 +241,7 @@ def test_transitions():
 
 
 def test_metric_keys_name_registered_metrics():
-    from harness.metrics import METRICS
+    from harness.core.metrics import METRICS
 
     cases = {record.final("nll"): "nll", record.during("w2"): "w2",
              record.final("eval_time"): "eval_time", record.error("midpoint"): "numerical_error",

@@ -63,8 +63,8 @@ def test_an_nfe_interval_is_at_least_one_dopri5_step_wide():
 
 
 def test_committed_reference_has_every_method_and_dataset_over_five_seeds():
-    from harness.methods import METHODS
-    from harness.suite import load_suite
+    from harness.core.methods import METHODS
+    from harness.run.suite import load_suite
 
     ref = json.loads(COMMITTED.read_text())
     suite = load_suite(ref["suite"])

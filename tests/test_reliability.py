@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from harness.checkpoint import load_checkpoint
-from harness import record
-from harness.record import KEY, State
-from harness.scheduler import run_suite
-from harness.suite import load_suite
-from harness.tracking import Tracker
+from harness.core.checkpoint import load_checkpoint
+from harness.run import record
+from harness.run.record import KEY, State
+from harness.run.scheduler import run_suite
+from harness.run.suite import load_suite
+from harness.run.tracking import Tracker
 
 SUITE = """\
 name: {name}
@@ -294,7 +294,7 @@ def _full_disk_state():
 def test_full_disk_is_one_line_naming_the_folder_on_a_real_tmpfs(tmp_path):
     """A 64 KiB tmpfs (needs root and mount): torch.save's own error ("unexpected pos") becomes
     "no space left on <folder>", and no partial file is left behind."""
-    from harness.checkpoint import StorageFullError, save_checkpoint
+    from harness.core.checkpoint import StorageFullError, save_checkpoint
 
     mount = tmp_path / "small"
     mount.mkdir()
@@ -319,8 +319,8 @@ def test_full_disk_is_recognised_from_torch_and_os_errors(tmp_path, monkeypatch,
 
     import torch
 
-    from harness import checkpoint
-    from harness.checkpoint import StorageFullError, save_checkpoint
+    from harness.core import checkpoint
+    from harness.core.checkpoint import StorageFullError, save_checkpoint
 
     def fail(state, f):
         f.write(b"partial")
@@ -342,7 +342,7 @@ def test_full_disk_is_recognised_from_torch_and_os_errors(tmp_path, monkeypatch,
 def test_a_torch_write_error_with_space_left_is_not_called_a_full_disk(tmp_path, monkeypatch):
     import torch
 
-    from harness.checkpoint import save_checkpoint
+    from harness.core.checkpoint import save_checkpoint
 
     def fail(state, f):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 2")

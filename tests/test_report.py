@@ -24,13 +24,13 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from harness import record
+from harness.run import record
 from harness.cli import main
-from harness.evaluation_types import ErrorPoint, EvalResult, FIDPoint
-from harness.record import State, TrialRun, TrialWriter
+from harness.core.evaluation_types import ErrorPoint, EvalResult, FIDPoint
+from harness.run.record import State, TrialRun, TrialWriter
 from harness.report import build_report, collect
-from harness.suite import load_suite
-from harness.tracking import Tracker
+from harness.run.suite import load_suite
+from harness.run.tracking import Tracker
 from tests.helpers import chromium, new_experiment
 
 SUITE = """\

@@ -56,7 +56,7 @@ def test_no_module_evaluates_strings_or_unpickles_freely():
 
 def test_yaml_loader_is_safe_and_imports_only_in_the_restricted_unpickler():
     from harness.datasets import images
-    from harness.suite.reading import _Loader
+    from harness.run.suite.reading import _Loader
 
     # SafeLoader or libyaml's CSafeLoader: both construct through SafeConstructor only, never
     # FullConstructor (whose subclasses build arbitrary Python objects).
@@ -72,7 +72,7 @@ def test_yaml_loader_is_safe_and_imports_only_in_the_restricted_unpickler():
 
 def test_checkpoints_and_small_files_are_written_through_a_rename():
     """Checkpoints, caches, configs and results: a temporary file renamed into place."""
-    from harness import checkpoint
+    from harness.core import checkpoint
 
     source = inspect.getsource(checkpoint._atomic_write)
     assert "os.replace" in source and "fsync" in source

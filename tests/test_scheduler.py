@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from harness import record
-from harness.record import KEY, State
-from harness.scheduler import run_suite
-from harness.suite import load_suite
-from harness.tracking import TrackingError, Tracker
+from harness.run import record
+from harness.run.record import KEY, State
+from harness.run.scheduler import run_suite
+from harness.run.suite import load_suite
+from harness.run.tracking import TrackingError, Tracker
 
 TINY = """\
 name: {name}
@@ -178,7 +178,7 @@ def test_image_suite_logs_every_metric(ray_cluster, tmp_path, monkeypatch):
 
 
 def test_queued_trials_are_scheduled_until_their_task_starts(tmp_path):
-    from harness.tasks import train_task  # noqa: F401 - the task marks its run RUNNING
+    from harness.run.tasks import train_task  # noqa: F401 - the task marks its run RUNNING
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "states")
     logger = tracker.start_run("t", {record.KIND: record.TRIAL}, status=State.SCHEDULED.status)
@@ -250,7 +250,7 @@ def test_test_cluster_and_local_nodes_address_ray_at_loopback(ray_cluster):
     assert ray_cluster.address.startswith("127.0.0.1:")
     code = ("import os, ray\n"
             "os.environ.pop('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', None)\n"
-            "from harness.ray_session import init_ray\n"
+            "from harness.run.ray_session import init_ray\n"
             "session = init_ray()\n"
             "print(sorted({n['NodeManagerAddress'] for n in ray.nodes()}), session.started)\n"
             "session.close()\n")

@@ -6,13 +6,13 @@ import pytest
 import torch
 from scipy.spatial.distance import pdist
 
-from harness.analytic import GaussianData
+from harness.core.analytic import GaussianData
 from harness.datasets import Dataset, load_dataset
 from harness.errors import ConfigError
-from harness.methods import (ScorePrediction, build_method, default_method_options,
+from harness.core.methods import (ScorePrediction, build_method, default_method_options,
                              max_pairwise_distance)
-from harness.paths import VEPath, VPPath, expand_like
-from harness.trial import TrialSpec, resolve
+from harness.core.paths import VEPath, VPPath, expand_like
+from harness.run.trial import TrialSpec, resolve
 
 DATA = GaussianData(mean=torch.tensor([1.0, -0.5], dtype=torch.float64), std=0.5)
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from harness.errors import ConfigError, HarnessError
-from harness.evaluate import EvalConfig, sample
-from harness.shards import (chunk_seed, combine, evaluate_parts, evaluate_shard,
+from harness.core.evaluate import EvalConfig, sample
+from harness.core.shards import (chunk_seed, combine, evaluate_parts, evaluate_shard,
                             plan_shards, weighted_mean_se)
-from harness.trial import TrialSpec, prepare
+from harness.run.trial import TrialSpec, prepare
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from harness.analytic import GaussianData
+from harness.core.analytic import GaussianData
 from harness.errors import ConfigError
-from harness.solvers import SOLVERS, NFECounter, solve, steps_for_budget
+from harness.core.solvers import SOLVERS, NFECounter, solve, steps_for_budget
 
 
 class Linear(nn.Module):

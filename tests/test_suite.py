@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from harness.datasets import DATASETS
-from harness.methods import METHODS
-from harness.suite import SuiteError, load_suite, trial_key
+from harness.core.methods import METHODS
+from harness.run.suite import SuiteError, load_suite, trial_key
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 
@@ -312,7 +312,7 @@ def _big(methods: int, datasets: int, seeds, extra: str = "") -> str:
 def test_a_huge_grid_is_refused_quickly_without_expanding_it(tmp_path, monkeypatch):
     import time
 
-    from harness.suite import Suite
+    from harness.run.suite import Suite
 
     def built(*args, **kwargs):
         raise AssertionError("the grid was expanded")
@@ -350,10 +350,10 @@ def test_a_1mb_file_of_entries_is_refused_fast(tmp_path):
 
 def test_plan_prints_trials_as_they_are_built(tmp_path, monkeypatch, capsys):
     """Interrupted at the 5th trial key, ``fmbench plan`` has already printed the first four."""
-    import harness.suite.model
+    import harness.run.suite.model
     from harness.cli import main
 
-    real, calls = harness.suite.model.trial_key, []
+    real, calls = harness.run.suite.model.trial_key, []
 
     def key(spec):
         calls.append(spec)
@@ -363,7 +363,7 @@ def test_plan_prints_trials_as_they_are_built(tmp_path, monkeypatch, capsys):
 
     path = write(tmp_path, _big(3, 2, 2))
     expected = [t.name for t in load_suite(path).trials()]
-    monkeypatch.setattr(harness.suite.model, "trial_key", key)
+    monkeypatch.setattr(harness.run.suite.model, "trial_key", key)
     assert main(["plan", str(path)]) == 130
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "suite big: 12 trials (3 methods x 2 datasets x 2 seeds)"
@@ -422,9 +422,9 @@ def test_dataset_with_declared_shape_builds_the_model_at_load(tmp_path, monkeypa
 def test_readme_documents_every_field():
     from dataclasses import fields
 
-    from harness.evaluate import EvalConfig
-    from harness.suite import TOP_KEYS
-    from harness.train import TrainConfig
+    from harness.core.evaluate import EvalConfig
+    from harness.run.suite import TOP_KEYS
+    from harness.core.train import TrainConfig
 
     text = (SUITES / "README.md").read_text()
     names = [*TOP_KEYS, *(f.name for cls in (TrainConfig, EvalConfig) for f in fields(cls)

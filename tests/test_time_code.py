@@ -16,13 +16,13 @@ import torch
 from harness import SCIENCE_VERSION
 from harness.datasets import load_dataset
 from harness.errors import CheckpointError, ConfigError
-from harness.evaluate import sample
-from harness.methods import build_method
+from harness.core.evaluate import sample
+from harness.core.methods import build_method
 from harness.models import build_model, model_options
 from harness.models.embedding import DEFAULT_TIME_SCALE, MAX_PERIOD, sinusoidal_embedding
-from harness.suite import SuiteError, load_suite, science_config, trial_key
-from harness.train import TrainConfig, train
-from harness.trial import TrialSpec, prepare, resolve, train_trial
+from harness.run.suite import SuiteError, load_suite, science_config, trial_key
+from harness.core.train import TrainConfig, train
+from harness.run.trial import TrialSpec, prepare, resolve, train_trial
 
 TOL = 1e-5  # the paper's dopri5 tolerance, the harness default (README, "What a trial measures")
 UNTRAINED_NFE_BOUND = 40  # measured 20 with the default, >= 104 with time_scale = 1000

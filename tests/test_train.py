@@ -6,14 +6,14 @@ import os
 import pytest
 import torch
 
-from harness.checkpoint import load_checkpoint, save_checkpoint
+from harness.core.checkpoint import load_checkpoint, save_checkpoint
 from harness.datasets import load_dataset
 from harness.errors import CheckpointError, ConfigError, DivergenceError
-from harness.evaluate import EvalConfig, evaluate_sampling
-from harness.methods import build_method
-from harness.metrics import wasserstein2
+from harness.core.evaluate import EvalConfig, evaluate_sampling
+from harness.core.methods import build_method
+from harness.core.metrics import wasserstein2
 from harness.models import build_model
-from harness.train import CHECKPOINT_NAME, TrainConfig, train
+from harness.core.train import CHECKPOINT_NAME, TrainConfig, train
 
 CASES = {
     "8gaussians": ("ot-cfm", dict(hidden=32, depth=2)),
@@ -201,7 +201,7 @@ def _train_rank(rank, world, folder):
     """One rank of a gloo process group (spawned): trains and reports what its forward saw."""
     import torch.distributed as dist
 
-    from harness.train import Parallel
+    from harness.core.train import Parallel
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder}/group", rank=rank,
@@ -246,7 +246,7 @@ def test_two_ranks_each_train_on_half_the_batch_and_match_one_process(tmp_path):
 
 
 def test_parallel_blocks_split_the_global_batch():
-    from harness.train import Parallel
+    from harness.core.train import Parallel
 
     blocks = [Parallel(r, 4).block(32) for r in range(4)]
     assert [(b.start, b.stop) for b in blocks] == [(0, 8), (8, 16), (16, 24), (24, 32)]

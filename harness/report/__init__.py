@@ -25,9 +25,9 @@ from harness.report.render import (SAMPLES, Content, OutError, Sample, resolve_o
                                    write_report)
 from harness.report.table import Table
 from harness.report.tables import comparison_table, dataset_metrics
-from harness import record
-from harness.invocation import close_stale, gone_count
-from harness.record import INVOCATION, State, of_kind
+from harness.run import record
+from harness.run.invocation import close_stale, gone_count
+from harness.run.record import INVOCATION, State, of_kind
 
 ARTIFACTS = {"samples": record.SAMPLES, "trajectories": record.TRAJECTORIES}
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
@@ -52,7 +52,7 @@ class ReportResult:
 
 def _load(suite: Any) -> Any:
     """A Suite for a Suite or a suite file path; a bare suite name stays a string."""
-    from harness.suite import Suite, load_suite
+    from harness.run.suite import Suite, load_suite
 
     if isinstance(suite, Suite):
         return suite

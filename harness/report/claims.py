@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from harness.metrics import METRICS
-from harness.record import State, final_column, param_column
+from harness.core.metrics import METRICS
+from harness.run.record import State, final_column, param_column
 from harness.report.curves import ERROR_SOLVER, Curves, during_key, error_key
 from harness.report.grid import Plan, display_name
 from harness.report.table import Cell, Column, Table

@@ -1,8 +1,8 @@
-"""Everything the report reads, read from MLflow through :mod:`harness.tracking`'s client: the
+"""Everything the report reads, read from MLflow through :mod:`harness.run.tracking`'s client: the
 only report module that talks to the tracking store.
 
 Runs come back as one pandas DataFrame laid out as ``mlflow.search_runs`` lays it out
-(:func:`harness.record.runs_frame`), built from ``MlflowClient.search_runs`` pages with Python's
+(:func:`harness.run.record.runs_frame`), built from ``MlflowClient.search_runs`` pages with Python's
 cyclic garbage collector paused: a 10,000-run suite is ~800,000 param, tag and metric objects, and
 the collector's repeated full passes over them took about as long as loading them (measured in
 benchmarks/report_scale.py). Curves come from metric
@@ -24,8 +24,8 @@ from typing import Iterable, Iterator
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.record import REPORT_FOLDER, SUITE, runs_frame
-from harness.tracking import (all_runs, check_readable, mask_uri, mlflow_client,
+from harness.run.record import REPORT_FOLDER, SUITE, runs_frame
+from harness.run.tracking import (all_runs, check_readable, mask_uri, mlflow_client,
                               resolve_tracking_uri)
 
 HISTORY_THREADS = 8

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness import record
-from harness.record import LOSS, State, logged_keys
+from harness.run import record
+from harness.run.record import LOSS, State, logged_keys
 from harness.report.tables import DatasetMetrics
 
 CURVE_SEEDS = 5

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from harness.metrics import METRICS
-from harness.methods import METHODS
-from harness.record import LOSS, State, final_column
+from harness.core.metrics import METRICS
+from harness.core.methods import METHODS
+from harness.run.record import LOSS, State, final_column
 from harness.report.curves import (CURVE_SEEDS, ERROR_SOLVER, Curves, during_key, error_key,
                                    vs_nfe_prefix)
 from harness.report.grid import Plan, display_name
 from harness.report.tables import dataset_metrics, quality_pipelines, quality_title
-from harness.solvers import SOLVERS
+from harness.core.solvers import SOLVERS
 
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896")

@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from harness.methods import METHODS
-from harness.record import State, param_column, task_gpus, trial_rows
+from harness.core.methods import METHODS
+from harness.run.record import State, param_column, task_gpus, trial_rows
 
 PLANNED_GPUS = {"train": "planned_train_gpus", "eval": "planned_eval_gpus"}
 """Columns of a planned trial: the GPUs the suite file gives its train and eval tasks, for runs

@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 
 from harness import __version__
-from harness.record import (DEVICE, EVAL_GPUS, GIT_COMMIT, HARNESS_VERSION, TRAIN_GPUS, TRAIN_NODE,
+from harness.run.record import (DEVICE, EVAL_GPUS, GIT_COMMIT, HARNESS_VERSION, TRAIN_GPUS, TRAIN_NODE,
                             TRAIN_S, WALL_S, final_column, metric_column, tag_column)
 from harness.report.grid import PLANNED_GPUS, Plan, display_name
 from harness.report.table import Cell, Column, Table
-from harness.tracking import mask_uri
+from harness.run.tracking import mask_uri
 
 PACKAGES = ("torch", "torchdiffeq", "numpy", "scipy", "pandas", "mlflow", "ray", "pot",
             "clean-fid", "matplotlib")

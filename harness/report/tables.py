@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from harness.datasets import DATASETS
-from harness.metrics import METRICS
-from harness.record import WARNINGS, State, final, final_column, param_column, tag_column
+from harness.core.metrics import METRICS
+from harness.run.record import WARNINGS, State, final, final_column, param_column, tag_column
 from harness.report.grid import Plan, display_name
 from harness.report.table import Cell, Column, Footnotes, Table, decimals_for, mark_best
 

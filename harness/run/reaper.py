@@ -9,7 +9,7 @@ their environment (``RAY_NODE_ID``) or a file open in the node's session folder
 (``/tmp/ray/session_<time>_<driver pid>``, where every Ray process of the node logs). Both are
 unique to the node, so it never touches another Ray node, another user's processes or a reused pid.
 
-    python -m harness.reaper NODE_ID SESSION_DIR      # stdin: the driver's pipe
+    python -m harness.run.reaper NODE_ID SESSION_DIR      # stdin: the driver's pipe
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Watchdog:
     def __init__(self, node_id: str, session_dir: str) -> None:
         read, self._write = os.pipe()  # non-inheritable: Ray's later children never hold it
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "harness.reaper", node_id,
+            self.proc = subprocess.Popen([sys.executable, "-m", "harness.run.reaper", node_id,
                                           session_dir],
                                          stdin=read, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL, start_new_session=True,

@@ -1,6 +1,6 @@
 """What an evaluation is asked (:class:`EvalConfig`) and what it returns (:class:`EvalResult` and
 its curves): plain frozen dataclasses that pickle, shared by the single-task evaluation
-(:mod:`harness.evaluate`), its shards (:mod:`harness.shards`) and the scheduler's tasks, so none
+(:mod:`harness.core.evaluate`), its shards (:mod:`harness.core.shards`) and the scheduler's tasks, so none
 of them has to import another to speak of the same settings and numbers.
 """
 
@@ -12,8 +12,8 @@ from typing import ClassVar
 from torch import Tensor
 
 from harness.errors import ConfigError
-from harness.fid import FEATURE_METRICS, FIDConfig
-from harness.solvers import SOLVERS
+from harness.core.fid import FEATURE_METRICS, FIDConfig
+from harness.core.solvers import SOLVERS
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class EvalConfig:
     trajectory_samples, trajectory_times: sample paths saved for figures (the paper's Figure 6):
         states at these fractions of [0, t_max], from noise seeded by ``trajectory_seed``, which
         stays fixed across trials so every method of a suite starts from the same noise.
-    seed: seeds prior noise, Hutchinson probes and dequantization (per chunk, harness.shards).
+    seed: seeds prior noise, Hutchinson probes and dequantization (per chunk, harness.core.shards).
     """
 
     tol: float = 1e-5
@@ -105,7 +105,7 @@ class EvalConfig:
     @property
     def fid_metric(self) -> str:
         """Name of the FID metric this evaluation logs: "fid", or "fid_classifier" when the
-        features are the digit classifier's (see harness.fid.FEATURE_METRICS)."""
+        features are the digit classifier's (see harness.core.fid.FEATURE_METRICS)."""
         return FEATURE_METRICS[self.fid_features]
 
     def fid_config(self, num_gen: int) -> FIDConfig:
@@ -144,7 +144,7 @@ class Trajectories:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """metrics: name -> value (names registered in harness.metrics); samples: dopri5 samples."""
+    """metrics: name -> value (names registered in harness.core.metrics); samples: dopri5 samples."""
 
     metrics: dict[str, float]
     error_curve: list[ErrorPoint] = field(default_factory=list)

@@ -24,10 +24,10 @@ from typing import Callable, ClassVar
 import torch
 from torch import nn
 
-from harness.checkpoint import load_checkpoint, save_checkpoint
+from harness.core.checkpoint import load_checkpoint, save_checkpoint
 from harness.datasets import Dataset
 from harness.errors import CheckpointError, ConfigError, DivergenceError
-from harness.methods import Method
+from harness.core.methods import Method
 
 CHECKPOINT_NAME = "checkpoint.pt"
 

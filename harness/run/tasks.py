@@ -1,8 +1,8 @@
 """The work of a suite's Ray tasks, as plain functions: train a trial, evaluate one shard, finish a
-trial's evaluation. :mod:`harness.scheduler` submits them and :mod:`harness.ddp` runs training in
+trial's evaluation. :mod:`harness.run.scheduler` submits them and :mod:`harness.run.ddp` runs training in
 each Ray Train worker; this module never imports Ray, so every task can be tested without it.
 
-A task writes its trial's record (:mod:`harness.record`) straight to its MLflow run through a
+A task writes its trial's record (:mod:`harness.run.record`) straight to its MLflow run through a
 picklable RunLogger and returns a small summary to the driver.
 """
 
@@ -17,16 +17,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.record import (CONFIG_FILE, RECORD_FILE, SAMPLES, TRAJECTORIES, TrialWriter,
+from harness.run.record import (CONFIG_FILE, RECORD_FILE, SAMPLES, TRAJECTORIES, TrialWriter,
                             placement_tags)
-from harness.tracking import RunLogger
+from harness.run.tracking import RunLogger
 
 LOSS_FLUSH_SECONDS = 5.0
 
 
 def train_task(spec, checkpoint_dir: str, logger: RunLogger) -> dict[str, Any]:
     """Train one trial (resuming from ``checkpoint_dir``), logging losses as they come."""
-    from harness.device import resolve_device
+    from harness.core.device import resolve_device
 
     return train_logged(spec, checkpoint_dir, logger, resolve_device("auto"))
 
@@ -35,9 +35,9 @@ def train_logged(spec, checkpoint_dir: str, logger: RunLogger, device, parallel=
     """Train this process's part of a trial; the main rank (the only one without DDP) logs the
     config, tags, loss curve and during-training evaluations. Returns the train task's summary on
     the main rank, None on the others."""
-    from harness.shards import plan_shards
-    from harness.train import SINGLE
-    from harness.trial import prepare, train_trial
+    from harness.core.shards import plan_shards
+    from harness.core.train import SINGLE
+    from harness.run.trial import prepare, train_trial
 
     parallel = parallel or SINGLE
     prep = prepare(spec)
@@ -68,7 +68,7 @@ def _during_training(prep, writer: TrialWriter, device):
     evaluated = writer.evaluated_steps()  # by an earlier attempt of this run
 
     def on_eval(step: int, ema) -> None:
-        from harness.evaluate import evaluate_during_training
+        from harness.core.evaluate import evaluate_during_training
 
         if step == prep.spec.train.steps or step in evaluated:
             return
@@ -115,10 +115,10 @@ def _node_id() -> str:
 
 
 def shard_task(spec, checkpoint_dir: str, shard):
-    """One shard of a trial's evaluation (:mod:`harness.shards`), from the trained checkpoint."""
-    from harness.device import resolve_device
-    from harness.shards import evaluate_shard
-    from harness.trial import load_trained, prepare
+    """One shard of a trial's evaluation (:mod:`harness.core.shards`), from the trained checkpoint."""
+    from harness.core.device import resolve_device
+    from harness.core.shards import evaluate_shard
+    from harness.run.trial import load_trained, prepare
 
     device = resolve_device("auto")
     prep = prepare(spec)
@@ -129,11 +129,11 @@ def shard_task(spec, checkpoint_dir: str, shard):
 def eval_task(spec, checkpoint_dir: str, logger: RunLogger, *shards) -> dict[str, float]:
     """Evaluate a trained trial from its checkpoint; log final metrics, curves and artifacts.
     ``shards``: the results of every shard of the evaluation's plan, combined instead of
-    evaluating here (:func:`harness.scheduler.submit_evaluation` passes them)."""
-    from harness.device import resolve_device
-    from harness.evaluate import evaluate
-    from harness.shards import combine
-    from harness.trial import TrialResult, load_trained, prepare
+    evaluating here (:func:`harness.run.scheduler.submit_evaluation` passes them)."""
+    from harness.core.device import resolve_device
+    from harness.core.evaluate import evaluate
+    from harness.core.shards import combine
+    from harness.run.trial import TrialResult, load_trained, prepare
 
     device = resolve_device("auto")
     prep = prepare(spec)
@@ -157,7 +157,7 @@ def eval_task(spec, checkpoint_dir: str, logger: RunLogger, *shards) -> dict[str
 def _log_artifacts(writer: TrialWriter, prep, record) -> None:
     """The run's files: the resolved config, the trial's record, the samples and, when the
     evaluation kept sample paths, their trajectories."""
-    from harness.figures import image_grid, scatter_figure, trajectory_figure
+    from harness.run.sample_figures import image_grid, scatter_figure, trajectory_figure
 
     evaluation = record.evaluation
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,14 +1,14 @@
 """FID of generated images through clean-fid's own pipeline, with cached reference statistics.
 
 Images take the path a saved PNG would: model space [-1, 1] -> the dataset's levels
-(:meth:`Dataset.quantize`) -> 8-bit pixels (:mod:`harness.pixels`) -> RGB -> clean-fid's resizer
+(:meth:`Dataset.quantize`) -> 8-bit pixels (:mod:`harness.core.pixels`) -> RGB -> clean-fid's resizer
 for the mode -> features (Inception, or a small digit classifier for grayscale toys, see
-:mod:`harness.feature_classifier`) -> Fréchet distance (``cleanfid.fid.frechet_distance``).
+:mod:`harness.core.feature_classifier`) -> Fréchet distance (``cleanfid.fid.frechet_distance``).
 Nothing is written as image files: batches are streamed through
 ``cleanfid.fid.get_model_features``, the loop behind clean-fid's ``gen=`` interface
 (docs/design.md). Reference statistics (mu, sigma) are computed once per dataset, split,
 resolution, mode, extractor and count, and cached under ``$FMBENCH_CACHE/fid`` (default
-``~/.cache/fmbench/fid``, :mod:`harness.cache`), not in clean-fid's site-packages folder.
+``~/.cache/fmbench/fid``, :mod:`harness.core.cache`), not in clean-fid's site-packages folder.
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from harness.cache import cache_dir, compute_once, save_npz
+from harness.core.cache import cache_dir, compute_once, save_npz
 from harness.datasets.base import Dataset
 from harness.errors import ConfigError, HarnessError
-from harness.feature_classifier import classifier_features
-from harness.pixels import levels_to_uint8, to_uint8
+from harness.core.feature_classifier import classifier_features
+from harness.core.pixels import levels_to_uint8, to_uint8
 
 MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
 FEATURE_METRICS = {"inception": "fid", "classifier": "fid_classifier"}
-"""Registered metric (harness.metrics) an FID is logged under, by feature extractor: the one place
+"""Registered metric (harness.core.metrics) an FID is logged under, by feature extractor: the one place
 that name is derived, so a digit-classifier FID is never compared with an Inception one."""
 FEATURES = tuple(FEATURE_METRICS)
 SPLITS = ("train", "test")
@@ -88,7 +88,7 @@ class FIDResult:
 
     @property
     def metric(self) -> str:
-        """Name of the registered metric this value is logged under (see harness.metrics)."""
+        """Name of the registered metric this value is logged under (see harness.core.metrics)."""
         return FEATURE_METRICS[self.features]
 
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from harness.datasets.base import Dataset
 from harness.errors import ConfigError
-from harness.paths import (OT_SIGMA_MIN, AffinePath, OTPath, PathSample, VEPath, VPPath,
+from harness.core.paths import (OT_SIGMA_MIN, AffinePath, OTPath, PathSample, VEPath, VPPath,
                            expand_like)
 from harness.registry import Registry
 

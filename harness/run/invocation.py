@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from harness.errors import HarnessError
-from harness.record import (HEARTBEAT, HOST, INVOCATION, KIND, LEASE, PARENT, PID, REASON,
+from harness.run.record import (HEARTBEAT, HOST, INVOCATION, KIND, LEASE, PARENT, PID, REASON,
                             STARTED_AT, SUITE, State, TrialWriter, kind_filter, of_kind,
                             tag_column)
 from harness.settings import env_seconds
-from harness.tracking import RunLogger, Tracker, all_runs, retry
+from harness.run.tracking import RunLogger, Tracker, all_runs, retry
 
 CANDIDATE, HELD = "candidate", "held"
 """Values of the lease tag: elected or still a candidate."""

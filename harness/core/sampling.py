@@ -7,9 +7,9 @@ import torch
 from torch import Tensor, nn
 
 from harness.datasets import Dataset
-from harness.evaluation_types import EvalConfig, Trajectories
-from harness.methods import Method
-from harness.solvers import NFECounter, solve
+from harness.core.evaluation_types import EvalConfig, Trajectories
+from harness.core.methods import Method
+from harness.core.solvers import NFECounter, solve
 
 
 @torch.no_grad()

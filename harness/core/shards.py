@@ -3,7 +3,7 @@
 Every part of an evaluation is a stream of fixed-size *chunks* (``EvalConfig.batch_size`` examples)
 whose noise, probes and dequantization come from a seed derived from (eval seed, part, chunk index),
 never from one generator shared across chunks. A shard is a run of whole chunks of one part, so the
-unsharded evaluation (:func:`harness.evaluate.evaluate`, one shard per part) and any sharding of it
+unsharded evaluation (:func:`harness.core.evaluate.evaluate`, one shard per part) and any sharding of it
 perform the same batch solves on the same inputs: dopri5 picks its steps with one error norm per
 batch, so NFE counts, samples and FID features are equal bit for bit on one device, and the
 metrics combine exactly.
@@ -12,7 +12,7 @@ Parts (each a registered evaluation step, :data:`PARTS`):
 
 - ``sampling``: dopri5 samples at ``tol`` -> NFE per batch solve, W2/MMD of 2-D data, figure samples;
 - ``likelihood``: NLL of held-out examples (bits/dim: the importance-weighted estimate over the K
-  dequantization draws, :func:`harness.likelihood.importance_weighted_bits_per_dim`);
+  dequantization draws, :func:`harness.core.likelihood.importance_weighted_bits_per_dim`);
 - ``error``: fixed-step solutions vs the float64 dopri5 reference, per sample and (solver, budget);
 - ``fid``: features of ``fid_samples`` dopri5 samples; ``fid_curve``: features of
   ``fid_nfe_samples`` samples of one (solver, budget) point (FID against NFE); both use the same
@@ -33,17 +33,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from harness import fid
+from harness.core import fid
 from harness.datasets import Dataset
 from harness.errors import HarnessError
-from harness.evaluation_types import ErrorPoint, EvalConfig, EvalResult, FIDPoint, Trajectories
-from harness.fid import ReferenceStats
-from harness.likelihood import importance_weighted_bits_per_dim, log_likelihood
-from harness.methods import Method
-from harness.metrics import mmd2, wasserstein2
+from harness.core.evaluation_types import ErrorPoint, EvalConfig, EvalResult, FIDPoint, Trajectories
+from harness.core.fid import ReferenceStats
+from harness.core.likelihood import importance_weighted_bits_per_dim, log_likelihood
+from harness.core.methods import Method
+from harness.core.metrics import mmd2, wasserstein2
 from harness.registry import Registry
-from harness.sampling import evaluate_trajectories, sample
-from harness.solvers import SOLVERS
+from harness.core.sampling import evaluate_trajectories, sample
+from harness.core.solvers import SOLVERS
 
 FIGURE_SAMPLES = 64
 """Image samples a sampling shard returns for the sample grid (``figures.image_grid`` shows 64);
@@ -334,7 +334,7 @@ def mean_nfe(results: Iterable[ShardResult]) -> tuple[float, float]:
 
 
 def combine(results: Iterable[ShardResult], cfg: EvalConfig, dataset: Dataset) -> EvalResult:
-    """The metrics, curves, samples and warnings of :func:`harness.evaluate.evaluate` from the
+    """The metrics, curves, samples and warnings of :func:`harness.core.evaluate.evaluate` from the
     results of every shard of a plan (any order): NFE and NLL as sample-weighted means with their
     standard errors, FID from the union of the shards' features, error from all samples' errors."""
     groups = _groups(results)

@@ -1,20 +1,20 @@
 """A trial's record in MLflow: the one module that names what fmbench writes there and reads back
 (docs/design.md §5).
 
-Writers (the driver in :mod:`harness.scheduler`, the tasks in :mod:`harness.tasks`,
-:mod:`harness.invocation`) and readers (``fmbench status``, :mod:`harness.report`) meet only here,
+Writers (the driver in :mod:`harness.run.scheduler`, the tasks in :mod:`harness.run.tasks`,
+:mod:`harness.run.invocation`) and readers (``fmbench status``, :mod:`harness.report`) meet only here,
 so a key cannot be written under one spelling and read under another. Four parts:
 
 - names: tags, metric keys, artifact names, params (the resolved config flattened), and the
   columns of a runs table laid out as ``mlflow.search_runs`` lays it out;
 - states: what a run's MLflow status says about its trial, and the changes a trial may go
   through;
-- the writer, :class:`TrialWriter`, which logs through a :class:`harness.tracking.RunLogger`;
+- the writer, :class:`TrialWriter`, which logs through a :class:`harness.run.tracking.RunLogger`;
 - readers: :class:`TrialRun` (one MLflow run, for ``status`` and the driver), :func:`runs_frame`
   and :func:`trial_rows` (many runs as a table, for the report).
 
-It imports neither MLflow nor torch (the store is :mod:`harness.tracking`'s, metric metadata
-:mod:`harness.metrics`', looked up when asked), so the tracking store depends on it, never the
+It imports neither MLflow nor torch (the store is :mod:`harness.run.tracking`'s, metric metadata
+:mod:`harness.core.metrics`', looked up when asked), so the tracking store depends on it, never the
 other way round.
 """
 
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 if TYPE_CHECKING:
     import pandas as pd
 
-    from harness.metrics import MetricSpec
+    from harness.core.metrics import MetricSpec
 
 # -- tags -------------------------------------------------------------------------------------
 TAG = "fmbench."
@@ -38,7 +38,7 @@ KIND = TAG + "kind"
 SUITE_KIND, INVOCATION, TRIAL = "suite", "invocation", "trial"
 SUITE = TAG + "suite"
 KEY = TAG + "trial_key"
-"""The trial's key (:func:`harness.suite.trial_key`): its runs share it, the newest counts."""
+"""The trial's key (:func:`harness.run.suite.trial_key`): its runs share it, the newest counts."""
 REASON = TAG + "failure"
 """Why a run failed or was killed, one line; deleted when its reopened trial finishes."""
 METHOD, DATASET, SEED = TAG + "method", TAG + "dataset", TAG + "seed"
@@ -53,12 +53,12 @@ TRAIN_WORKERS, PER_WORKER_BATCH = TAG + "train_workers", TAG + "per_worker_batch
 EVAL_SHARDS, WARNINGS = TAG + "eval_shards", TAG + "warnings"
 HOST, PID, STARTED_AT, HEARTBEAT, LEASE = (TAG + "host", TAG + "pid", TAG + "started_at",
                                            TAG + "heartbeat", TAG + "lease")
-"""An invocation's driver and its lease on the suite (:mod:`harness.invocation`)."""
+"""An invocation's driver and its lease on the suite (:mod:`harness.run.invocation`)."""
 PARENT = "mlflow.parentRunId"
 """MLflow's own tag: a trial run's invocation (the one that last ran it) in MLflow's UI."""
 EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 """The experiment tag MLflow 3's UI offers for "model training" experiments (the GenAI kind is
-``genai_development``); see :func:`harness.tracking.ui_url` for what the UI really reads."""
+``genai_development``); see :func:`harness.run.tracking.ui_url` for what the UI really reads."""
 
 # -- metric keys ------------------------------------------------------------------------------
 LOSS = "train/loss"
@@ -109,8 +109,8 @@ _REGISTERED = {LOSS: "train_loss", TRAIN_S: "train_time", TRAIN_ATTEMPT_S: "trai
 def spec(key: str) -> MetricSpec:
     """The registered metric (display name, unit, direction) behind a metric key: ``final/nll``
     and ``during/nll`` are ``nll``, ``error/<solver>`` is ``numerical_error``,
-    ``fid_vs_nfe/<solver>`` is ``fid``. Read from :data:`harness.metrics.METRICS`, never copied."""
-    from harness.metrics import METRICS
+    ``fid_vs_nfe/<solver>`` is ``fid``. Read from :data:`harness.core.metrics.METRICS`, never copied."""
+    from harness.core.metrics import METRICS
 
     if key in _REGISTERED:
         return METRICS.get(_REGISTERED[key])
@@ -243,7 +243,7 @@ def trial_tags(suite: str, trial: Any, commit: str) -> dict[str, Any]:
 
 
 def invocation_tags(suite: str, commit: str) -> dict[str, Any]:
-    """The tags every invocation run has (the lease adds its own: :mod:`harness.invocation`)."""
+    """The tags every invocation run has (the lease adds its own: :mod:`harness.run.invocation`)."""
     return {KIND: INVOCATION, SUITE: suite, GIT_COMMIT: commit}
 
 
@@ -267,7 +267,7 @@ def placement_tags(node: str, device: str, cuda_visible_devices: str, workers: i
 @dataclass(frozen=True)
 class TrialWriter:
     """Writes one trial's record to its run. Picklable like the
-    :class:`harness.tracking.RunLogger` it wraps (a URI and a run id), so Ray tasks get one; every
+    :class:`harness.run.tracking.RunLogger` it wraps (a URI and a run id), so Ray tasks get one; every
     write retries while the store is away. Typed ``Any`` (and the trackers below): the store
     depends on the record, not the other way round."""
 
@@ -327,7 +327,7 @@ class TrialWriter:
                        fid_metric: str, on_curve: bool) -> None:
         """The final metrics (also the last point of the during-training curves when ``step`` is
         one of theirs: ``on_curve``), the error and FID curves by solver, and any warnings.
-        ``evaluation``: an :class:`harness.evaluation_types.EvalResult`."""
+        ``evaluation``: an :class:`harness.core.evaluation_types.EvalResult`."""
         self.logger.log_metrics({final(k): v for k, v in metrics.items()}, step=step)
         if on_curve:
             self.log_during({k: metrics[k] for k in DURING_AT_END if k in metrics}, step)
@@ -378,7 +378,7 @@ class TrialRun:
 
 
 def trial_runs(tracker: Any) -> dict[str, TrialRun]:
-    """The newest run of each trial key in a :class:`harness.tracking.Tracker`'s experiment."""
+    """The newest run of each trial key in a :class:`harness.run.tracking.Tracker`'s experiment."""
     return {key: TrialRun.of(run) for key, run in tracker.trial_runs().items()}
 
 

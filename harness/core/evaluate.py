@@ -1,14 +1,14 @@
 """Evaluation of a trained network: NFE, NLL (nats or bits/dim), sample quality, numerical error.
 
 Everything goes through the method's probability-flow velocity (docs/design.md), so every method
-is measured by the same solvers (:mod:`harness.sampling`). Each part of the evaluation is a sequence
+is measured by the same solvers (:mod:`harness.core.sampling`). Each part of the evaluation is a sequence
 of chunks of ``batch_size`` examples whose noise, probes and dequantization come from a seed derived
-from ``EvalConfig.seed`` and the chunk index (:mod:`harness.shards`): the same seed gives every
+from ``EvalConfig.seed`` and the chunk index (:mod:`harness.core.shards`): the same seed gives every
 method the same prior noise, and the work can be split into shards (separate tasks) that combine
 into the same metrics.
 
-The settings and result types (:mod:`harness.evaluation_types`), :func:`sample` and
-:func:`evaluate_trajectories` (:mod:`harness.sampling`) are importable from here too, with the
+The settings and result types (:mod:`harness.core.evaluation_types`), :func:`sample` and
+:func:`evaluate_trajectories` (:mod:`harness.core.sampling`) are importable from here too, with the
 evaluations that use them.
 """
 
@@ -18,11 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from harness.datasets import Dataset
-from harness.evaluation_types import ErrorPoint, EvalConfig, EvalResult, FIDPoint, Trajectories
-from harness.fid import FIDUnavailable
-from harness.methods import Method
-from harness.sampling import evaluate_trajectories, sample
-from harness.shards import evaluate_parts, mean_nfe
+from harness.core.evaluation_types import ErrorPoint, EvalConfig, EvalResult, FIDPoint, Trajectories
+from harness.core.fid import FIDUnavailable
+from harness.core.methods import Method
+from harness.core.sampling import evaluate_trajectories, sample
+from harness.core.shards import evaluate_parts, mean_nfe
 
 __all__ = ["EvalConfig", "EvalResult", "ErrorPoint", "FIDPoint", "Trajectories", "sample",
            "evaluate", "evaluate_sampling", "evaluate_likelihood", "evaluate_numerical_error",
@@ -55,7 +55,7 @@ def evaluate_numerical_error(method, net, dataset, cfg, device) -> list[ErrorPoi
 def evaluate_during_training(method, net, dataset, cfg, device) -> dict[str, float]:
     """The cheap part of evaluation, for curves against training step (the paper's Figure 5):
     dopri5 NFE, W2/MMD for vector data, FID for images when ``fid_samples`` is set (its samples
-    give the NFE). Raises harness.fid.FIDUnavailable when the feature extractor is missing."""
+    give the NFE). Raises harness.core.fid.FIDUnavailable when the feature extractor is missing."""
     if not (dataset.is_image and cfg.fid_samples):
         return evaluate_sampling(method, net, dataset, cfg, device)[0]
     result, shards = _parts(method, net, dataset, cfg, device, "fid")
@@ -67,6 +67,6 @@ def evaluate_during_training(method, net, dataset, cfg, device) -> dict[str, flo
 def evaluate(method: Method, net: nn.Module, dataset: Dataset, cfg: EvalConfig,
              device: torch.device | str = "cpu") -> EvalResult:
     """All evaluations of one trained network (pass the EMA weights), in this process: every shard
-    of :func:`harness.shards.plan_shards`, combined. A missing FID feature extractor costs only the
+    of :func:`harness.core.shards.plan_shards`, combined. A missing FID feature extractor costs only the
     FID metrics (a warning), never the others."""
     return _parts(method, net, dataset, cfg, device)[0]

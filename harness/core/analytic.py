@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from harness.methods import Method
-from harness.paths import AffinePath, expand_like
+from harness.core.methods import Method
+from harness.core.paths import AffinePath, expand_like
 
 
 @dataclass(frozen=True)

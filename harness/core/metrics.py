@@ -3,7 +3,7 @@
 Every metric a trial logs is registered here with its display name, unit and direction, the way
 evaluation harnesses register ``higher_is_better`` with each metric, so reports never guess. A
 metric ``<name>_se`` holds the standard error of ``<name>``
-(:func:`harness.shards.weighted_mean_se`).
+(:func:`harness.core.shards.weighted_mean_se`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The validation toolkit of suite files: every bad value becomes one line naming the file and the
 field, so a typo is found before an hour of training is spent, not after.
 
-Nothing here knows what a suite holds; :mod:`harness.suite.load` says which fields exist and which
+Nothing here knows what a suite holds; :mod:`harness.run.suite.load` says which fields exist and which
 values they take, and calls these checks (docs/design.md).
 """
 

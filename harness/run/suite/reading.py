@@ -1,7 +1,7 @@
 """Reading suite files: YAML through a safe loader, and ``include:`` chains merged into one mapping
 that remembers which file set each key (so an error names the file the user has to edit).
 
-Only plain data comes out: what the mapping means is :mod:`harness.suite.load`'s business.
+Only plain data comes out: what the mapping means is :mod:`harness.run.suite.load`'s business.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from harness.suite.checks import SuiteError, describe_value
+from harness.run.suite.checks import SuiteError, describe_value
 
 MAX_BYTES = 1 << 20
 """Suites are small; a bigger file is the wrong file."""

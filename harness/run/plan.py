@@ -2,7 +2,7 @@
 protocol can be audited before it spends GPU-hours.
 
 Nothing is loaded: no dataset, no network, no GPU. Method options whose defaults come from the data
-(:func:`harness.methods.default_method_options`) are not computed but shown as :data:`RUN_TIME`,
+(:func:`harness.core.methods.default_method_options`) are not computed but shown as :data:`RUN_TIME`,
 and so are the method constants that follow from them. The document is printed one trial at a time
 (grids run to 10,000 trials), and each method's options and constants are worked out once.
 """
@@ -14,8 +14,8 @@ from dataclasses import asdict
 from typing import Any, Iterator
 
 from harness import SCIENCE_VERSION, __version__
-from harness.methods import build_method, default_method_options, method_options
-from harness.suite import MethodEntry, Suite, Trial
+from harness.core.methods import build_method, default_method_options, method_options
+from harness.run.suite import MethodEntry, Suite, Trial
 
 RUN_TIME = "resolved at run time from the data"
 
@@ -65,7 +65,7 @@ def method_config(entry: MethodEntry) -> dict[str, Any]:
 
 def trial_config(trial: Trial, method: dict[str, Any]) -> dict[str, Any]:
     """One trial's entry; ``method`` is :func:`method_config` of its method entry. Keys follow the
-    ``config.json`` a run writes (harness.trial.resolve), so the two can be compared."""
+    ``config.json`` a run writes (harness.run.trial.resolve), so the two can be compared."""
     spec = trial.spec
     return {
         "name": trial.name, "key": trial.key, "label": trial.method.label,

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from harness.errors import ConfigError
-from harness.methods import Method
-from harness.solvers import NFECounter, solve
+from harness.core.methods import Method
+from harness.core.solvers import NFECounter, solve
 
 EXACT_DIVERGENCE_MAX_DIM = 16
 """"auto" uses the exact divergence (D backward passes) up to this many dimensions, else Hutchinson."""

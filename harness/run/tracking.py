@@ -2,7 +2,7 @@
 
 Layout users see in the MLflow UI: one experiment per suite, a parent run per ``fmbench run``
 invocation, one child run per trial tagged with its key; what each run holds, and every name in
-it, is :mod:`harness.record`'s. Workers log through :class:`RunLogger`, which is picklable (it
+it, is :mod:`harness.run.record`'s. Workers log through :class:`RunLogger`, which is picklable (it
 carries the URI and run id, not a client) and retries with backoff, so a tracking server that
 restarts for a few seconds loses nothing.
 """
@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from harness import __version__
 from harness.errors import HarnessError
-from harness.record import (EXPERIMENT_KIND, HARNESS_VERSION, KEY, KIND, PARENT, REASON,
+from harness.run.record import (EXPERIMENT_KIND, HARNESS_VERSION, KEY, KIND, PARENT, REASON,
                             SUITE_KIND, TRAINING_KIND, TRIAL, State, flatten, kind_filter)
 from harness.settings import env_seconds
 

@@ -1,12 +1,12 @@
-"""Ray scheduling of a suite: the driver that submits each trial's tasks (:mod:`harness.tasks`)
-as the cluster has room and records how they end. With :mod:`harness.ddp` (Ray Train) and
-:mod:`harness.ray_session` (joining or starting Ray), the only code importing Ray.
+"""Ray scheduling of a suite: the driver that submits each trial's tasks (:mod:`harness.run.tasks`)
+as the cluster has room and records how they end. With :mod:`harness.run.ddp` (Ray Train) and
+:mod:`harness.run.ray_session` (joining or starting Ray), the only code importing Ray.
 
 Each trial is a train task followed by an eval task, each with the suite's resources (fractional
 GPUs allowed). Tasks log straight to their MLflow run through a picklable RunLogger and return a
 small summary to the driver, which shows progress, skips finished trials (same key), reopens
 unfinished ones (training resumes from the checkpoint), and cancels everything on Ctrl-C. Every
-trial state, and how the driver writes it, is :mod:`harness.record`'s.
+trial state, and how the driver writes it, is :mod:`harness.run.record`'s.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from harness.ddp import train_parallel_task
-from harness.ray_session import RaySession, init_ray
-from harness.record import (State, TrialRun, TrialWriter, invocation_tags, invocation_totals,
+from harness.run.ddp import train_parallel_task
+from harness.run.ray_session import RaySession, init_ray
+from harness.run.record import (State, TrialRun, TrialWriter, invocation_tags, invocation_totals,
                             trial_runs)
-from harness.tasks import eval_task, shard_task, train_task
-from harness.tracking import CREDENTIALS, RunLogger, Tracker, git_commit
+from harness.run.tasks import eval_task, shard_task, train_task
+from harness.run.tracking import CREDENTIALS, RunLogger, Tracker, git_commit
 
 SHARD_COST = {"error": 20.0, "likelihood": 3.0}
 """Rough cost per example of an evaluation part relative to sampling, measured on 2-D data: the
@@ -89,7 +89,7 @@ class TrialState:
         return self.state.value if self.state.ended else self.task or "queued"
 
     def move(self, state: State, reason: str = "") -> None:
-        """The trial went to ``state`` (a change :data:`harness.record.TRANSITIONS` allows)."""
+        """The trial went to ``state`` (a change :data:`harness.run.record.TRANSITIONS` allows)."""
         self.state, self.reason = self.state.to(state), reason or self.reason
 
 
@@ -212,11 +212,11 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
     """Run every trial of ``suite`` that has no finished run with the same key.
 
     The store: ``tracker`` (the suite's experiment, already checked by ``fmbench run``), else
-    ``tracking_uri`` or the suite's. One driver per suite and store (:mod:`harness.invocation`):
+    ``tracking_uri`` or the suite's. One driver per suite and store (:mod:`harness.run.invocation`):
     another live driver makes this one fail (or, with ``wait``, wait) before it starts Ray or
     creates a run. Ray is joined or started only when there is work, and before any run is
     created, so a cluster that does not answer leaves nothing behind in MLflow."""
-    from harness.invocation import acquire
+    from harness.run.invocation import acquire
 
     tracker = _open_store(suite, tracker or Tracker(tracking_uri or suite.tracking_uri,
                                                     suite.experiment), wait, stream)
@@ -248,7 +248,7 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
 def _open_store(suite, tracker: Tracker, wait: bool, stream: TextIO) -> Tracker:
     """The suite's tracking store, once no other live driver holds the suite (or, with ``wait``,
     once it is free): invocations whose driver is gone are closed first, and said so."""
-    from harness.invocation import close_stale, closed_note, wait_until_free
+    from harness.run.invocation import close_stale, closed_note, wait_until_free
 
     tracker.connect()  # before any worker exists: the store and experiment are created once
     closed = close_stale(tracker.uri, suite.experiment, suite.name)

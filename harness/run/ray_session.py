@@ -2,7 +2,7 @@
 
 A cluster given with ``--address`` must answer within a bounded time (Ray itself retries for
 minutes), and a node fmbench starts is pinned to 127.0.0.1 and shut down with the driver, even
-when the driver is killed (:mod:`harness.reaper`).
+when the driver is killed (:mod:`harness.run.reaper`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def connect_timeout(value: float | None = None) -> float:
 @dataclass
 class RaySession:
     """Ray as this driver found it: ``started`` when fmbench started a local node, which it then
-    shuts down (:meth:`close`), also when the driver is killed (:mod:`harness.reaper`)."""
+    shuts down (:meth:`close`), also when the driver is killed (:mod:`harness.run.reaper`)."""
 
     started: bool = False
     watchdog: Any = None
@@ -79,7 +79,7 @@ def init_ray(address: str | None = None, timeout: float | None = None, **kwargs)
         context = ray.init(address="local", _node_ip_address="127.0.0.1", **options)
         session = RaySession(started=True)
         if sys.platform.startswith("linux"):
-            from harness.reaper import Watchdog
+            from harness.run.reaper import Watchdog
 
             info = context.address_info
             session.watchdog = Watchdog(info["node_id"], info["session_dir"])

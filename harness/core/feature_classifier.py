@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.cache import cache_dir, compute_once
-from harness.checkpoint import load_checkpoint, save_checkpoint
+from harness.core.cache import cache_dir, compute_once
+from harness.core.checkpoint import load_checkpoint, save_checkpoint
 from harness.datasets.base import Dataset
 from harness.errors import CheckpointError, ConfigError, DataError
-from harness.pixels import levels_to_uint8
+from harness.core.pixels import levels_to_uint8
 
 VERSION = 1  # bump when the network or recipe changes: cached weights are retrained
 SEED = 0

@@ -1,7 +1,7 @@
 """What a validated suite is: a grid of methods x datasets x seeds, its shared settings, and the
 trials it expands to, each identified by the hash of its science (:func:`trial_key`).
 
-Built by :func:`harness.suite.load.load_suite`; read by the scheduler, ``fmbench plan`` and the
+Built by :func:`harness.run.suite.load.load_suite`; read by the scheduler, ``fmbench plan`` and the
 report (docs/design.md).
 """
 
@@ -14,9 +14,9 @@ from typing import Any, Iterator
 
 from harness import SCIENCE_VERSION
 from harness.datasets import DATASETS
-from harness.evaluate import EvalConfig
-from harness.train import TrainConfig
-from harness.trial import TrialSpec
+from harness.core.evaluate import EvalConfig
+from harness.core.train import TrainConfig
+from harness.run.trial import TrialSpec
 
 NOT_SCIENCE = {"train": ("checkpoint_every", "log_every", "eval_every", *TrainConfig.SPEED_ONLY),
                "eval": ("shard_size",)}

@@ -16,13 +16,13 @@ import torch
 
 from harness import SCIENCE_VERSION, __version__
 from harness.datasets import DATASETS, Dataset, load_dataset
-from harness.evaluate import EvalConfig, EvalResult, evaluate
-from harness.methods import METHODS, build_method, default_method_options
+from harness.core.evaluate import EvalConfig, EvalResult, evaluate
+from harness.core.methods import METHODS, build_method, default_method_options
 from harness.models import MODELS, build_model, default_model_for, model_options as model_defaults
-from harness.checkpoint import load_checkpoint, write_text_atomic
+from harness.core.checkpoint import load_checkpoint, write_text_atomic
 from harness.errors import CheckpointError
-from harness.methods import Method
-from harness.train import (CHECKPOINT_NAME, SINGLE, EvalHook, Parallel, Progress, TrainConfig,
+from harness.core.methods import Method
+from harness.core.train import (CHECKPOINT_NAME, SINGLE, EvalHook, Parallel, Progress, TrainConfig,
                            TrainResult, train)
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
@@ -56,7 +56,7 @@ class TrialSpec:
 @dataclass(frozen=True)
 class TrialResult:
     """A trial's final record, the one both ways of finishing a trial produce (``fmbench trial``'s
-    :func:`run_trial` and a suite's eval task, :mod:`harness.tasks`): resolved config, metrics,
+    :func:`run_trial` and a suite's eval task, :mod:`harness.run.tasks`): resolved config, metrics,
     curves, warnings, and where this process trained the trial, its training and folder."""
 
     config: dict[str, Any]

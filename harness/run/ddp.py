@@ -2,10 +2,10 @@
 (NCCL on GPUs, gloo on CPUs), on one node or several.
 
 The suite's batch size is the global batch; each worker trains on an equal block of it (see
-:class:`harness.train.Parallel`), so the run reaches the parameters one worker would. Our own
+:class:`harness.core.train.Parallel`), so the run reaches the parameters one worker would. Our own
 checkpoint in ``checkpoint_dir`` is what a run resumes from, never Ray Train's: when a worker dies,
 Ray Train restarts the whole worker group and every rank loads that checkpoint. Rank 0 alone
-writes checkpoints and logs to MLflow, exactly as :func:`harness.tasks.train_task` does for
+writes checkpoints and logs to MLflow, exactly as :func:`harness.run.tasks.train_task` does for
 one worker.
 
 Ray Train here is V2 (the default in Ray 2.60, ``RAY_TRAIN_V2_ENABLED``): ``fit()`` starts a
@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError, DivergenceError, HarnessError
-from harness.tasks import train_logged
-from harness.tracking import RunLogger
-from harness.train import Parallel
+from harness.run.tasks import train_logged
+from harness.run.tracking import RunLogger
+from harness.core.train import Parallel
 
 WORKER_RETRIES = 3
 """Times Ray Train restarts the worker group after a worker dies or raises; each restart resumes
@@ -45,7 +45,7 @@ def train_distributed(spec, checkpoint_dir: str, logger: RunLogger, *, workers: 
     """Train one trial on ``workers`` DDP workers, each with ``cpus_per_worker`` CPUs and
     ``gpus_per_worker`` GPUs, resuming from ``checkpoint_dir``. Blocks until training ends; call it
     from the driver or from a Ray task (which needs no resources of its own). Returns what
-    :func:`harness.tasks.train_task` returns: ``{"step", "seconds", "resumed_from", "device"}``
+    :func:`harness.run.tasks.train_task` returns: ``{"step", "seconds", "resumed_from", "device"}``
     (seconds and resumed_from of the attempt that finished)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer

@@ -1,8 +1,8 @@
-"""From a suite file to a :class:`~harness.suite.model.Suite`: which fields a suite has, which
+"""From a suite file to a :class:`~harness.run.suite.model.Suite`: which fields a suite has, which
 values each takes, and the rules between them, all checked before anything runs.
 
 A typo found after an hour of training wastes the hour, so :func:`load_suite` checks every field
-(names, options, types, ranges) and raises :class:`~harness.suite.checks.SuiteError` with one
+(names, options, types, ranges) and raises :class:`~harness.run.suite.checks.SuiteError` with one
 line naming the file, the field and the problem. A rule that a config class, a method or a model
 already enforces is not written again here: the value is handed to it and its error reported at
 the field (:meth:`Check.build`). Pure: no Ray, no MLflow. The schema is documented in
@@ -20,15 +20,15 @@ from typing import Any
 import torch
 
 from harness.datasets import DATASETS
-from harness.evaluate import EvalConfig
-from harness.methods import METHODS, build_method, method_options
+from harness.core.evaluate import EvalConfig
+from harness.core.methods import METHODS, build_method, method_options
 from harness.models import MODELS, build_model, model_options
 from harness.models.embedding import check_time_scale
-from harness.suite.checks import Check, describe_value, show_value
-from harness.suite.model import DatasetEntry, MethodEntry, Resources, Suite
-from harness.suite.reading import read_suite_file
-from harness.train import Parallel, TrainConfig
-from harness.trial import MODEL_PRESETS
+from harness.run.suite.checks import Check, describe_value, show_value
+from harness.run.suite.model import DatasetEntry, MethodEntry, Resources, Suite
+from harness.run.suite.reading import read_suite_file
+from harness.core.train import Parallel, TrainConfig
+from harness.run.trial import MODEL_PRESETS
 
 MAX_SEEDS = 1000
 """Seeds per suite, as a count or as a list."""
