@@ -271,8 +271,10 @@ def _print_trial(result, spec, device, as_json: bool) -> None:
             print(f"  {name:<12} {value:.6g}")
         for p in result.evaluation.error_curve:
             print(f"  error {p.solver:<8} NFE {p.nfe:<4} {p.error:.3e}")
-        for p in result.evaluation.fid_curve:
-            print(f"  FID   {p.solver:<8} NFE {p.nfe:<4.0f} {p.fid:.4g}")
+        for p in result.evaluation.quality_curve:
+            where = p.solver if p.tol is None else f"{p.solver} tol {p.tol:g}"
+            shown = " ".join(f"{k} {v:.4g}" for k, v in p.values.items())
+            print(f"  {where:<18} NFE {p.nfe:<6.1f} {shown}")
     for warning in result.evaluation.warnings:
         print(f"fmbench: warning: {warning}", file=sys.stderr)
 

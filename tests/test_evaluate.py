@@ -102,10 +102,12 @@ def test_fid_and_fid_vs_nfe_for_images(tmp_path, monkeypatch):
                      trajectory_samples=2)
     result = evaluate(prep.method, net, prep.dataset, cfg, "cpu")
     assert result.metrics["fid_classifier"] > 0 and "fid" not in result.metrics
-    solvers = [(p.solver, p.nfe) for p in result.fid_curve]
-    assert solvers == [("euler", 4), ("euler", 8), ("midpoint", 4), ("midpoint", 8), ("rk4", 4),
-                       ("rk4", 8), ("dopri5", solvers[-1][1])]
-    assert all(p.fid > 0 for p in result.fid_curve) and not result.warnings
+    solvers = [(p.solver, p.tol, p.nfe) for p in result.quality_curve]
+    assert solvers == [("euler", None, 4), ("euler", None, 8), ("midpoint", None, 4),
+                       ("midpoint", None, 8), ("rk4", None, 4), ("rk4", None, 8),
+                       ("dopri5", 1e-3, solvers[-1][2])]  # the dopri5 point at tol
+    assert all(set(p.values) == {"fid_classifier"} and p.values["fid_classifier"] > 0
+               for p in result.quality_curve) and not result.warnings
     again = evaluate(prep.method, net, prep.dataset, cfg, "cpu")  # seeded: same numbers
     assert again.metrics["fid_classifier"] == result.metrics["fid_classifier"]
 

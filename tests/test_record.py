@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 
 from harness.run import record
 from harness.cli import main
-from harness.core.evaluation_types import ErrorPoint, EvalResult, FIDPoint
+from harness.core.evaluation_types import ErrorPoint, EvalResult, QualityPoint
 from harness.run.record import State, TrialRun, TrialWriter
 from harness.report.collect import Store
 from harness.report.grid import Plan, trial_frame
@@ -32,7 +32,10 @@ METRICS = {"nfe": 40.0, "nll": 2.5, "w2": 0.2, "eval_time": 5.0}
 EVALUATION = EvalResult(METRICS, error_curve=[ErrorPoint("midpoint", 4, 1e-2),
                                               ErrorPoint("midpoint", 8, 1e-3),
                                               ErrorPoint("euler", 4, 0.1)],
-                        fid_curve=[FIDPoint("dopri5", 37.6, 9.0), FIDPoint("euler", 4, 12.0)],
+                        quality_curve=[QualityPoint("dopri5", 1e-5, 37.6, {"fid": 9.0}),
+                                       QualityPoint("euler", None, 4, {"fid": 12.0}),
+                                       QualityPoint("euler", None, 8, {"fid": 10.0}),
+                                       QualityPoint("dopri5", 1e-3, 20.4, {"fid": 11.0})],
                         warnings=["first", "second"])
 TRAIN_S, EVAL_S = 30.0, METRICS["eval_time"]
 
@@ -54,7 +57,7 @@ def _write_trial(tracker: Tracker, suite, parent: str) -> TrialWriter:
     writer.log_train_time(TRAIN_S, 20.0, 20)
     writer.log_during({"nfe": 50.0, "w2": 0.3}, 10)
     writer.log_eval_shards(3)
-    writer.log_evaluation(METRICS, EVALUATION, step=20, fid_metric="fid", on_curve=True)
+    writer.log_evaluation(METRICS, EVALUATION, step=20, on_curve=True)
     return writer
 
 
@@ -120,8 +123,10 @@ def test_every_field_of_a_trial_record_round_trips(store):
     assert _history(uri, run_id, record.during("nll")) == []  # not a curve metric
     assert _history(uri, run_id, record.error("midpoint")) == [(4, 1e-2), (8, 1e-3)]
     assert _history(uri, run_id, record.error("euler")) == [(4, 0.1)]
-    assert _history(uri, run_id, record.fid_vs_nfe("fid", "dopri5")) == [(38, 9.0)]
-    assert _history(uri, run_id, record.fid_vs_nfe("fid", "euler")) == [(4, 12.0)]
+    # one key per dopri5 tolerance, spelled with characters MLflow allows; steps: NFE rounded
+    assert _history(uri, run_id, "fid_vs_nfe/dopri5_tol1e-05") == [(38, 9.0)]
+    assert _history(uri, run_id, record.vs_nfe("fid", "dopri5", 1e-3)) == [(20, 11.0)]
+    assert _history(uri, run_id, record.vs_nfe("fid", "euler")) == [(4, 12.0), (8, 10.0)]
     for name, value in METRICS.items():
         assert _history(uri, run_id, record.final(name)) == [(20, value)]
     artifacts = {a.path for a in MlflowClient(uri).list_artifacts(run_id)}
@@ -148,9 +153,10 @@ def test_the_report_collector_reads_what_the_writer_wrote(store, tmp_path):
     assert invocation[record.metric_column(record.trial_count("finished"))] == 1
     assert {record.LOSS, record.error("midpoint"), record.final("nll")} <= \
         record.logged_keys(runs)
-    curves = collected.histories([run_id], [record.LOSS, record.fid_vs_nfe("fid", "dopri5")])
+    curves = collected.histories([run_id], [record.LOSS, record.vs_nfe("fid", "dopri5", 1e-5)])
     assert sorted(map(tuple, curves[["key", "step", "value"]].values.tolist())) == [
-        ("fid_vs_nfe/dopri5", 38, 9.0), ("train/loss", 10, 0.5), ("train/loss", 20, 0.25)]
+        ("fid_vs_nfe/dopri5_tol1e-05", 38, 9.0), ("train/loss", 10, 0.5),
+        ("train/loss", 20, 0.25)]
     files = collected.artifacts(run_id, [record.SAMPLES, record.TRAJECTORIES], tmp_path / "got")
     assert set(files) == {record.SAMPLES}
     assert files[record.SAMPLES].read_text() == record.SAMPLES
@@ -245,7 +251,8 @@ def test_metric_keys_name_registered_metrics():
 
     cases = {record.final("nll"): "nll", record.during("w2"): "w2",
              record.final("eval_time"): "eval_time", record.error("midpoint"): "numerical_error",
-             record.fid_vs_nfe("fid_classifier", "euler"): "fid_classifier",
+             record.vs_nfe("fid_classifier", "euler"): "fid_classifier",
+             record.vs_nfe("mmd", "dopri5", 1e-3): "mmd",
              record.LOSS: "train_loss", record.TRAIN_S: "train_time"}
     for key, name in cases.items():
         assert record.spec(key) == METRICS.get(name), key

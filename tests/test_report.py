@@ -26,7 +26,7 @@ from mlflow import MlflowClient
 
 from harness.run import record
 from harness.cli import main
-from harness.core.evaluation_types import ErrorPoint, EvalResult, FIDPoint
+from harness.core.evaluation_types import ErrorPoint, EvalResult, QualityPoint
 from harness.run.record import State, TrialRun, TrialWriter
 from harness.report import build_report, collect
 from harness.run.suite import load_suite
@@ -110,10 +110,10 @@ def _finished(writer: TrialWriter, trial, fid: str, pngs: Path) -> None:
         metrics[q_key] = quality[s]
     evaluation = EvalResult(
         metrics, [ErrorPoint("midpoint", n, e) for n, e in ERRORS.get((m, d), {}).items()],
-        fid_curve=[FIDPoint("euler", n, 30.0 / n) for n in (4, 8, 16)
-                   if d == "digits" and m in ("fm-ot", "ddpm")],
+        quality_curve=[QualityPoint("euler", None, n, {fid: 30.0 / n}) for n in (4, 8, 16)
+                       if d == "digits" and m in ("fm-ot", "ddpm")],
         warnings=[FID_WARNING] if quality[s] is None else [])
-    writer.log_evaluation(metrics, evaluation, step=50, fid_metric=fid, on_curve=False)
+    writer.log_evaluation(metrics, evaluation, step=50, on_curve=False)
     writer.log_files(pngs, [record.SAMPLES, record.TRAJECTORIES])
     writer.end(State.FINISHED)
 
@@ -163,8 +163,7 @@ def fill_store(tmp: Path, uri: str | None = None, *, fid: str = "fid_classifier"
         ids[t.name] = writer.run_id
     # same trial, older settings: a key the suite no longer has
     stale = _started(tracker, replace(suite.trials()[0], key=STALE_KEY), fid_mode)
-    stale.log_evaluation({"nfe": 999.0}, EvalResult({"nfe": 999.0}), step=50, fid_metric=fid,
-                         on_curve=False)
+    stale.log_evaluation({"nfe": 999.0}, EvalResult({"nfe": 999.0}), step=50, on_curve=False)
     stale.end(State.FINISHED)
     return uri, suite, ids
 
@@ -397,8 +396,7 @@ def test_not_enough_data_without_the_pair_and_a_grid_inferred_from_runs(store, t
         writer = TrialWriter.create(tracker, "solo", trial, "abc123def456")
         writer.start({"method": "fm-ot"}, record.placement_tags("node-a", "cpu", ""))
         metrics = {"nfe": 60.0 + trial.seed, "w2": 0.1}
-        writer.log_evaluation(metrics, EvalResult(metrics), step=1, fid_metric="fid",
-                              on_curve=False)
+        writer.log_evaluation(metrics, EvalResult(metrics), step=1, on_curve=False)
         writer.end(State.FINISHED)
     result = build_report("solo", uri, tmp_path / "out")
     assert [c.verdict for c in result.claims] == ["not enough data"] * 3

@@ -12,6 +12,7 @@ import torch
 
 from harness.errors import ConfigError, HarnessError
 from harness.core.evaluate import EvalConfig, sample
+from harness.core.metrics import wasserstein2
 from harness.core.shards import (chunk_seed, combine, evaluate_parts, evaluate_shard,
                             plan_shards, weighted_mean_se)
 from harness.run.trial import TrialSpec, prepare
@@ -135,6 +136,51 @@ def test_sharded_2d_evaluation_equals_single_task(moons):
     assert single.metrics["nll_se"] == pytest.approx(values.std(ddof=1) / math.sqrt(30), rel=1e-9)
 
 
+CURVE = replace(CFG, quality_nfe_samples=30, curve_tols=(1e-2, 1e-4), solvers=("euler", "rk4"))
+
+
+def test_sharded_quality_curve_equals_single_task(moons):
+    """W2/MMD against NFE: one shard group per point, the sampling stream's noise for every point,
+    and any sharding gives the single task's points exactly."""
+    method, net, ds = moons
+    single, one = evaluate_parts(method, net, ds, CURVE, parts=["sampling", "quality_curve"])
+    cfg = replace(CURVE, shard_size=20)
+    plan = plan_shards(cfg, ds, ["quality_curve"])
+    points = [("euler", 4, None), ("euler", 8, None), ("rk4", 4, None), ("rk4", 8, None),
+              ("dopri5", None, 1e-2), ("dopri5", None, 1e-4)]
+    assert [(s.solver, s.nfe, s.tol, s.start, s.stop) for s in plan] == \
+        [(*p, a, b) for p in points for a, b in ((0, 20), (20, 30))]
+    many = [evaluate_shard(method, net, ds, cfg, s) for s in plan]
+    random.Random(1).shuffle(many)
+    sharded = combine(many, cfg, ds)
+    assert sharded.quality_curve == single.quality_curve
+    assert [(p.solver, p.tol) for p in single.quality_curve] == [(s, t) for s, _, t in points]
+    assert all(set(p.values) == {"w2", "mmd"} for p in single.quality_curve)
+    assert [p.nfe for p in single.quality_curve[:4]] == [4, 8, 4, 8]
+    # common random numbers: each point solves the sampling part's first 30 noise draws, so
+    # dopri5 at the sampling tolerance (1e-4) repeats its batch solves exactly
+    dopri = {r.shard.tol: r for r in one if r.shard.part == "quality_curve" and r.shard.tol}
+    sampling = next(r for r in one if r.shard.part == "sampling")
+    assert torch.equal(dopri[1e-4].samples, sampling.samples[:30])
+    assert dopri[1e-4].nfe == sampling.nfe[:3]
+    loose = sample(method, net, method.sample_prior(
+        10, ds.shape, torch.Generator().manual_seed(chunk_seed(5, "sampling", 0))), tol=1e-2)
+    assert torch.equal(dopri[1e-2].samples[:10], loose[0].x)
+    # W2 and MMD of a point are those of its samples against the first 30 held-out points
+    w2 = wasserstein2(dopri[1e-2].samples, ds.test[:30])
+    assert single.quality_curve[4].values["w2"] == w2
+
+
+def test_curve_settings_are_checked_in_one_line():
+    for kwargs in (dict(quality_nfe_samples=1), dict(quality_nfe_samples=-3),
+                   dict(curve_tols=(1e-3, 0.0)), dict(curve_tols=(1e-3, 1e-3))):
+        with pytest.raises(ConfigError) as info:
+            EvalConfig(**kwargs)
+        assert next(iter(kwargs)) in str(info.value) and "\n" not in str(info.value)
+    assert EvalConfig(tol=1e-4).dopri5_tols == (1e-4,)
+    assert EvalConfig(curve_tols=(1e-2, 1e-3)).dopri5_tols == (1e-2, 1e-3)
+
+
 def test_a_chunk_is_a_batch_solve_from_its_own_seed(moons):
     """The definition sharding rests on: chunk k's NFE is that of one dopri5 solve of its noise."""
     method, net, ds = moons
@@ -195,11 +241,11 @@ def test_sharded_fid_equals_single_task(digits_cache):
     assert [c for r in many[:3] for c in r.nfe] == list(one[0].nfe)
     assert sharded.metrics["fid_classifier"] == pytest.approx(single.metrics["fid_classifier"],
                                                               rel=1e-6)
-    assert [(p.solver, p.nfe) for p in sharded.fid_curve] == \
-        [(p.solver, p.nfe) for p in single.fid_curve]
-    assert [p.solver for p in single.fid_curve] == ["euler", "dopri5"]
-    for a, b in zip(sharded.fid_curve, single.fid_curve):
-        assert a.fid == pytest.approx(b.fid, rel=1e-6)
+    assert [(p.solver, p.tol, p.nfe) for p in sharded.quality_curve] == \
+        [(p.solver, p.tol, p.nfe) for p in single.quality_curve]
+    assert [(p.solver, p.tol) for p in single.quality_curve] == [("euler", None), ("dopri5", 1e-3)]
+    for a, b in zip(sharded.quality_curve, single.quality_curve):
+        assert a.values["fid_classifier"] == pytest.approx(b.values["fid_classifier"], rel=1e-6)
     # The curve's dopri5 point sees the same noise as the FID samples: its features are theirs.
     assert np.array_equal(one[-1].features, one[0].features[:16])
     assert one[-1].nfe == one[0].nfe[:2]

@@ -18,15 +18,16 @@ import torch
 from torch import Tensor, nn
 
 from harness.datasets import Dataset
-from harness.core.evaluation_types import ErrorPoint, EvalConfig, EvalResult, FIDPoint, Trajectories
+from harness.core.evaluation_types import (ErrorPoint, EvalConfig, EvalResult, QualityPoint,
+                                           Trajectories)
 from harness.core.fid import FIDUnavailable
 from harness.core.methods import Method
 from harness.core.sampling import evaluate_trajectories, sample
 from harness.core.shards import evaluate_parts, mean_nfe
 
-__all__ = ["EvalConfig", "EvalResult", "ErrorPoint", "FIDPoint", "Trajectories", "sample",
+__all__ = ["EvalConfig", "EvalResult", "ErrorPoint", "QualityPoint", "Trajectories", "sample",
            "evaluate", "evaluate_sampling", "evaluate_likelihood", "evaluate_numerical_error",
-           "evaluate_during_training", "evaluate_trajectories"]
+           "evaluate_quality_curve", "evaluate_during_training", "evaluate_trajectories"]
 
 
 def _parts(method, net, dataset, cfg, device, *parts: str):
@@ -50,6 +51,14 @@ def evaluate_numerical_error(method, net, dataset, cfg, device) -> list[ErrorPoi
     """Per-dimension MSE of fixed-step solutions against a float64 dopri5 solution at
     ``reference_tol`` from the same noise (the paper's Figure 7, left)."""
     return _parts(method, net, dataset, cfg, device, "error")[0].error_curve
+
+
+def evaluate_quality_curve(method, net, dataset, cfg, device) -> list[QualityPoint]:
+    """Sample quality against NFE from one shared noise (the paper's Figure 7, right): W2 and MMD
+    of ``quality_nfe_samples`` samples (2-D data) or FID of ``fid_nfe_samples`` (images), per
+    fixed-step solver and budget and for dopri5 at each of ``cfg.dopri5_tols``."""
+    part = "fid_curve" if dataset.is_image else "quality_curve"
+    return _parts(method, net, dataset, cfg, device, part)[0].quality_curve
 
 
 def evaluate_during_training(method, net, dataset, cfg, device) -> dict[str, float]:

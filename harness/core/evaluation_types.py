@@ -39,8 +39,13 @@ class EvalConfig:
     fid_ref_samples: reference samples (0: the whole split); fid_split: "train" (the paper's) or
         "test"; fid_mode: clean-fid mode ("clean", "legacy_tensorflow", "legacy_pytorch");
         fid_features: "inception", or "classifier" for digits/mnist (logged as fid_classifier).
-    fid_nfe_samples: samples per point of the FID-vs-NFE curve, one point per fixed-step solver
-        and NFE budget plus dopri5 at ``tol`` (0: no curve).
+    fid_nfe_samples: samples per point of the FID-vs-NFE curve of image data, one point per
+        fixed-step solver and NFE budget plus dopri5 at each of ``dopri5_tols`` (0: no curve).
+    quality_nfe_samples: the same curve for vector (2-D) data: samples per point whose W2 and MMD
+        against as many held-out points are measured (0: no curve). Every point of either curve
+        starts from the noise of the dopri5 samples (common random numbers).
+    curve_tols: dopri5 tolerances (atol = rtol) of those quality-vs-NFE curves, so dopri5 is a
+        curve over tolerances like the paper's Figure 7 (right); empty: ``tol`` alone.
     trajectory_samples, trajectory_times: sample paths saved for figures (the paper's Figure 6):
         states at these fractions of [0, t_max], from noise seeded by ``trajectory_seed``, which
         stays fixed across trials so every method of a suite starts from the same noise.
@@ -67,6 +72,8 @@ class EvalConfig:
     fid_mode: str = "clean"
     fid_features: str = "inception"
     fid_nfe_samples: int = 0
+    quality_nfe_samples: int = 0
+    curve_tols: tuple[float, ...] = ()
     trajectory_samples: int = 16
     trajectory_times: tuple[float, ...] = (0.25, 0.5, 0.75)
     trajectory_seed: int = 0
@@ -89,7 +96,7 @@ class EvalConfig:
                 list(self.trajectory_times) != sorted(self.trajectory_times):
             raise ConfigError(f"trajectory_times must be increasing fractions in (0, 1), "
                               f"got {list(self.trajectory_times)}")
-        for name in ("fid_samples", "fid_nfe_samples"):
+        for name in ("fid_samples", "fid_nfe_samples", "quality_nfe_samples"):
             if getattr(self, name) < 0 or getattr(self, name) == 1:
                 raise ConfigError(f"evaluation {name} must be 0 (off) or >= 2, "
                                   f"got {getattr(self, name)}")
@@ -101,6 +108,15 @@ class EvalConfig:
                               "hutchinson")
         if any(b <= 0 for b in self.nfe_budgets):
             raise ConfigError(f"NFE budgets must be > 0, got {list(self.nfe_budgets)}")
+        if any(not t > 0 for t in self.curve_tols) or \
+                len(set(self.curve_tols)) != len(self.curve_tols):
+            raise ConfigError(f"curve_tols must be distinct tolerances > 0, "
+                              f"got {list(self.curve_tols)}")
+
+    @property
+    def dopri5_tols(self) -> tuple[float, ...]:
+        """The dopri5 tolerances of the quality-vs-NFE curves: ``curve_tols``, else ``tol``."""
+        return self.curve_tols or (self.tol,)
 
     @property
     def fid_metric(self) -> str:
@@ -125,13 +141,20 @@ class ErrorPoint:
 
 
 @dataclass(frozen=True)
-class FIDPoint:
-    """One point of the FID-vs-NFE curve (the paper's Figure 7, right); ``nfe`` is the mean NFE
-    per batch for dopri5."""
+class QualityPoint:
+    """One point of sample quality against NFE (the paper's Figure 7, right), for images and 2-D
+    data alike: samples of ``solver`` from the curve's shared noise.
+
+    tol: dopri5's atol = rtol; None for a fixed-step solver.
+    nfe: counted network evaluations per sample: the budget of a fixed-step solver, the mean over
+        batch solves weighted by their examples for dopri5.
+    values: metric name -> value: ``w2`` and ``mmd`` (2-D data), ``fid`` or ``fid_classifier``.
+    """
 
     solver: str
+    tol: float | None
     nfe: float
-    fid: float
+    values: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -144,11 +167,12 @@ class Trajectories:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """metrics: name -> value (names registered in harness.core.metrics); samples: dopri5 samples."""
+    """metrics: name -> value (names registered in harness.core.metrics); samples: dopri5 samples;
+    quality_curve: sample quality against NFE (FID for images, W2 and MMD for 2-D data)."""
 
     metrics: dict[str, float]
     error_curve: list[ErrorPoint] = field(default_factory=list)
     samples: Tensor | None = None
     trajectories: Trajectories | None = None
-    fid_curve: list[FIDPoint] = field(default_factory=list)
+    quality_curve: list[QualityPoint] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)

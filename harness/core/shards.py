@@ -15,8 +15,10 @@ Parts (each a registered evaluation step, :data:`PARTS`):
   dequantization draws, :func:`harness.core.likelihood.importance_weighted_bits_per_dim`);
 - ``error``: fixed-step solutions vs the float64 dopri5 reference, per sample and (solver, budget);
 - ``fid``: features of ``fid_samples`` dopri5 samples; ``fid_curve``: features of
-  ``fid_nfe_samples`` samples of one (solver, budget) point (FID against NFE); both use the same
-  noise chunks, so every point of the curve starts from the same noise;
+  ``fid_nfe_samples`` samples of one (solver, budget) or (dopri5, tolerance) point (FID against
+  NFE); both use the same noise chunks, so every point of the curve starts from the same noise;
+- ``quality_curve``: ``quality_nfe_samples`` samples of one such point of 2-D data, for W2 and MMD
+  against NFE; it shares ``sampling``'s noise chunks in the same way;
 - ``trajectories``: the suite-wide sample paths (one small solve; never split).
 
 Pure: imports neither Ray nor MLflow. Shards and results are small frozen dataclasses that pickle.
@@ -36,7 +38,8 @@ from torch import Tensor, nn
 from harness.core import fid
 from harness.datasets import Dataset
 from harness.errors import HarnessError
-from harness.core.evaluation_types import ErrorPoint, EvalConfig, EvalResult, FIDPoint, Trajectories
+from harness.core.evaluation_types import (ErrorPoint, EvalConfig, EvalResult, QualityPoint,
+                                           Trajectories)
 from harness.core.fid import ReferenceStats
 from harness.core.likelihood import importance_weighted_bits_per_dim, log_likelihood
 from harness.core.methods import Method
@@ -49,8 +52,13 @@ FIGURE_SAMPLES = 64
 """Image samples a sampling shard returns for the sample grid (``figures.image_grid`` shows 64);
 vector data return every sample, which W2/MMD need."""
 
-STREAMS = {"sampling": 0, "likelihood": 1, "error": 2, "fid": 3, "fid_curve": 3}
-"""Random stream of each part (the FID curve shares the FID noise: common random numbers)."""
+STREAMS = {"sampling": 0, "likelihood": 1, "error": 2, "fid": 3, "fid_curve": 3,
+           "quality_curve": 0}
+"""Random stream of each part. The quality-vs-NFE curves share the noise of the dopri5 samples
+(FID's for images, sampling's for 2-D data): common random numbers, so differences between
+points are the solvers', not the noise's."""
+CURVE_PARTS = ("fid_curve", "quality_curve")
+"""Parts made of one shard group per curve point (:func:`quality_points`)."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,8 @@ class Shard:
 
     index: position in the plan (what a scheduler names its task by).
     seeds: one per chunk of ``batch_size`` examples, ``chunk_seed(eval seed, part, chunk)``.
-    solver, nfe: the sampler of an FID-curve point (dopri5 at ``tol`` elsewhere).
+    solver, nfe, tol: the sampler of a quality-curve point: a fixed-step solver at ``nfe``, or
+        dopri5 at ``tol`` (None elsewhere: dopri5 at the config's ``tol``).
     reference: this shard also returns the FID reference statistics (one shard per plan).
     """
 
@@ -71,6 +80,7 @@ class Shard:
     solver: str = "dopri5"
     nfe: int | None = None
     reference: bool = False
+    tol: float | None = None
 
     @property
     def seed(self) -> int:
@@ -78,9 +88,13 @@ class Shard:
         return self.seeds[0]
 
     @property
-    def group(self) -> tuple[str, str, int | None]:
+    def group(self) -> tuple[str, str, int | None, float | None]:
         """Shards of one group combine into one metric (or one curve point)."""
-        return self.part, self.solver, self.nfe
+        return self.part, self.solver, self.nfe, self.tol
+
+    def solve_tol(self, cfg: EvalConfig) -> float:
+        """dopri5's atol = rtol for this shard's solves (unused by fixed-step solvers)."""
+        return cfg.tol if self.tol is None else self.tol
 
 
 @dataclass(frozen=True)
@@ -131,9 +145,16 @@ def chunk_seed(eval_seed: int, part: str, chunk: int) -> int:
 
 
 def curve_points(cfg: EvalConfig) -> list[tuple[str, int | None]]:
-    """(solver, budget) of every FID-vs-NFE / error point in order, budgets below one step skipped;
-    the FID curve adds ("dopri5", None) at the end."""
+    """(solver, budget) of every fixed-step point of the error and quality-vs-NFE curves in order,
+    budgets below one step skipped."""
     return [(s, b) for s in cfg.solvers for b in cfg.nfe_budgets if b >= SOLVERS.get(s).stages]
+
+
+def quality_points(cfg: EvalConfig) -> list[tuple[str, int | None, float | None]]:
+    """(solver, budget, tolerance) of every quality-vs-NFE point in order: the fixed-step points
+    of :func:`curve_points`, then dopri5 at each of ``cfg.dopri5_tols``."""
+    return [(s, b, None) for s, b in curve_points(cfg)] + \
+        [("dopri5", None, t) for t in cfg.dopri5_tols]
 
 
 def _sizes(cfg: EvalConfig, dataset: Dataset) -> dict[str, int]:
@@ -142,6 +163,7 @@ def _sizes(cfg: EvalConfig, dataset: Dataset) -> dict[str, int]:
             "error": cfg.error_samples if curve_points(cfg) else 0,
             "fid": cfg.fid_samples if images else 0,
             "fid_curve": cfg.fid_nfe_samples if images else 0,
+            "quality_curve": 0 if images else cfg.quality_nfe_samples,
             "trajectories": cfg.trajectory_samples}
 
 
@@ -159,16 +181,17 @@ def plan_shards(cfg: EvalConfig, dataset: Dataset,
         if part == "trajectories":  # suite-wide noise, one solve: not split, seed not derived
             plan.append(Shard(len(plan), part, 0, total, (cfg.trajectory_seed,)))
             continue
-        points = [*curve_points(cfg), ("dopri5", None)] if part == "fid_curve" else [("dopri5", None)]
+        points = quality_points(cfg) if part in CURVE_PARTS else [("dopri5", None, None)]
         step = cfg.shard_size or total
-        for solver, nfe in points:
+        for solver, nfe, tol in points:
             for start in range(0, total, step):
                 stop = min(start + step, total)
                 first = start // cfg.batch_size
                 seeds = tuple(chunk_seed(cfg.seed, part, c) for c in
                               range(first, first + math.ceil((stop - start) / cfg.batch_size)))
                 needs_ref = part in ("fid", "fid_curve") and not any(s.reference for s in plan)
-                plan.append(Shard(len(plan), part, start, stop, seeds, solver, nfe, needs_ref))
+                plan.append(Shard(len(plan), part, start, stop, seeds, solver, nfe, needs_ref,
+                                  tol))
     return plan
 
 
@@ -195,10 +218,13 @@ class _Job:
 
 
 def _sampling(job: _Job) -> ShardResult:
-    keep = None if not job.dataset.is_image else max(0, FIGURE_SAMPLES - job.shard.start)
+    """Samples of the shard's solver (dopri5 for ``sampling``, a curve point's otherwise)."""
+    shard = job.shard
+    keep = None if not job.dataset.is_image else max(0, FIGURE_SAMPLES - shard.start)
     sizes, counts, outs = [], [], []
     for _, n, gen in job.chunks():
-        sol, count = sample(job.method, job.net, job.noise(n, gen), tol=job.cfg.tol)
+        sol, count = sample(job.method, job.net, job.noise(n, gen), shard.solver,
+                            tol=shard.solve_tol(job.cfg), nfe=shard.nfe)
         sizes.append(n)
         counts.append(count)
         outs.append(sol.x.cpu())
@@ -256,8 +282,8 @@ def _fid(job: _Job) -> ShardResult:
         return ShardResult(shard, warnings=(str(exc),))
     sizes, counts, feats = [], [], []
     for _, n, gen in job.chunks():
-        sol, count = sample(job.method, job.net, job.noise(n, gen), shard.solver, tol=job.cfg.tol,
-                            nfe=shard.nfe)
+        sol, count = sample(job.method, job.net, job.noise(n, gen), shard.solver,
+                            tol=shard.solve_tol(job.cfg), nfe=shard.nfe)
         images = fid.to_uint8(sol.x, ds.levels)
         feats.append(fid.features_of_images(images, fid_cfg, job.device, extractor=extractor))
         sizes.append(n)
@@ -277,6 +303,7 @@ PARTS.register("likelihood", _likelihood, summary="NLL of held-out examples")
 PARTS.register("error", _error, summary="fixed-step error against the float64 reference")
 PARTS.register("fid", _fid, summary="FID features of dopri5 samples")
 PARTS.register("fid_curve", _fid, summary="FID features of one point of FID against NFE")
+PARTS.register("quality_curve", _sampling, summary="samples of one point of W2/MMD against NFE")
 PARTS.register("trajectories", _trajectories, summary="sample paths from the suite-wide noise")
 
 
@@ -333,49 +360,66 @@ def mean_nfe(results: Iterable[ShardResult]) -> tuple[float, float]:
     return weighted_mean_se([c for r in rs for c in r.nfe], [n for r in rs for n in r.batch_sizes])
 
 
+def _sample_quality(samples: Tensor, dataset: Dataset, n: int) -> dict[str, float]:
+    """W2 and MMD of 2-D samples against the first ``n`` held-out points (design §3.3)."""
+    reference = dataset.test[:n]
+    return {"w2": wasserstein2(samples, reference), "mmd": mmd2(samples, reference)}
+
+
+def _fid_results(groups: dict[tuple, list[ShardResult]], cfg: EvalConfig,
+                 metrics: dict[str, float]) -> list[QualityPoint]:
+    """The FID metric (into ``metrics``) and the FID-vs-NFE points, each from the union of its
+    shards' features; nothing when a shard could not extract features (it carries a warning)."""
+    fid_groups = {k: rs for k, rs in groups.items() if k[0] in ("fid", "fid_curve")}
+    if not fid_groups or any(r.warnings for rs in fid_groups.values() for r in rs):
+        return []
+    refs = [r.reference for rs in fid_groups.values() for r in rs if r.reference is not None]
+    if len(refs) != 1:
+        raise HarnessError(f"FID shards must carry the reference statistics once, got {len(refs)}")
+    points = []
+    for (part, solver, _, tol), rs in fid_groups.items():
+        feats = np.concatenate([r.features for r in rs]).astype(np.float64)
+        res = fid.fid_from_features(feats, refs[0], cfg.fid_config(len(feats)))
+        if part == "fid":
+            metrics[cfg.fid_metric] = res.fid
+        else:
+            points.append(QualityPoint(solver, tol, mean_nfe(rs)[0], {cfg.fid_metric: res.fid}))
+    return points
+
+
 def combine(results: Iterable[ShardResult], cfg: EvalConfig, dataset: Dataset) -> EvalResult:
     """The metrics, curves, samples and warnings of :func:`harness.core.evaluate.evaluate` from the
     results of every shard of a plan (any order): NFE and NLL as sample-weighted means with their
-    standard errors, FID from the union of the shards' features, error from all samples' errors."""
+    standard errors, FID from the union of the shards' features, error from all samples' errors,
+    W2 and MMD of a curve point from the union of its shards' samples."""
     groups = _groups(results)
     metrics: dict[str, float] = {}
     samples = trajectories = None
     curve: list[ErrorPoint] = []
     warnings = sorted({w for rs in groups.values() for r in rs for w in r.warnings})
+    plain = ("dopri5", None, None)  # the group of a part that is not a curve
 
-    if rs := groups.get(("sampling", "dopri5", None)):
+    if rs := groups.get(("sampling", *plain)):
         metrics["nfe"], metrics["nfe_se"] = mean_nfe(rs)
         samples = torch.cat([r.samples for r in rs])
         if not dataset.is_image:
-            reference = dataset.test[: cfg.samples]
-            metrics["w2"] = wasserstein2(samples, reference)
-            metrics["mmd"] = mmd2(samples, reference)
-    if rs := groups.get(("likelihood", "dopri5", None)):
+            metrics.update(_sample_quality(samples, dataset, cfg.samples))
+    if rs := groups.get(("likelihood", *plain)):
         name = "bpd" if dataset.is_discrete else "nll"
         metrics[name], metrics[f"{name}_se"] = weighted_mean_se(np.concatenate([r.values for r in rs]))
         metrics["nll_nfe"], metrics["nll_nfe_se"] = mean_nfe(rs)
-    if rs := groups.get(("error", "dopri5", None)):
+    if rs := groups.get(("error", *plain)):
         for i, point in enumerate(rs[0].errors):
             err = np.concatenate([r.errors[i].errors for r in rs])
             curve.append(ErrorPoint(point.solver, point.nfe, float(np.mean(err))))
-    if rs := groups.get(("trajectories", "dopri5", None)):
+    if rs := groups.get(("trajectories", *plain)):
         trajectories = rs[0].trajectories
-
-    fid_groups = {k: rs for k, rs in groups.items() if k[0] in ("fid", "fid_curve")}
-    fid_curve: list[FIDPoint] = []
-    if fid_groups and not any(r.warnings for rs in fid_groups.values() for r in rs):
-        refs = [r.reference for rs in fid_groups.values() for r in rs if r.reference is not None]
-        if len(refs) != 1:
-            raise HarnessError(f"FID shards must carry the reference statistics once, got {len(refs)}")
-        for (part, solver, _), rs in fid_groups.items():
-            feats = np.concatenate([r.features for r in rs]).astype(np.float64)
-            res = fid.fid_from_features(feats, refs[0], cfg.fid_config(len(feats)))
-            if part == "fid":
-                metrics[cfg.fid_metric] = res.fid
-            else:
-                fid_curve.append(FIDPoint(solver, mean_nfe(rs)[0], res.fid))
+    quality = [QualityPoint(solver, tol, mean_nfe(rs)[0], _sample_quality(
+                   torch.cat([r.samples for r in rs]), dataset, cfg.quality_nfe_samples))
+               for (part, solver, _, tol), rs in groups.items() if part == "quality_curve"]
+    quality += _fid_results(groups, cfg, metrics)
     return EvalResult(metrics=metrics, error_curve=curve, samples=samples,
-                      trajectories=trajectories, fid_curve=fid_curve, warnings=warnings)
+                      trajectories=trajectories, quality_curve=quality, warnings=warnings)
 
 
 def evaluate_parts(method: Method, net: nn.Module, dataset: Dataset, cfg: EvalConfig,

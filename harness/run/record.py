@@ -93,9 +93,34 @@ def vs_nfe_prefix(metric: str) -> str:
     return f"{metric}_vs_nfe/"
 
 
-def fid_vs_nfe(metric: str, solver: str) -> str:
-    """The key of an FID metric against a solver's NFE: ``fid_classifier_vs_nfe/euler``."""
-    return vs_nfe_prefix(metric) + solver
+TOL_MARK = "_tol"
+"""Joins dopri5 and its tolerance in a key: MLflow keys allow only alphanumerics, ``_ - . /`` and
+spaces, so neither ``@`` nor ``+`` (:func:`tol_text`)."""
+
+
+def tol_text(tol: float) -> str:
+    """A tolerance as key text that reads back exactly: 1e-3 -> ``1e-03``, 2.5e-4 -> ``2.5e-04``,
+    10 -> ``1e01`` (no ``+``)."""
+    mantissa, exponent = f"{tol:.15e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{exponent.lstrip('+')}"
+
+
+def vs_nfe(metric: str, solver: str, tol: float | None = None) -> str:
+    """The key of sample quality against a solver's NFE (step: the NFE, rounded):
+    ``w2_vs_nfe/euler``, ``fid_classifier_vs_nfe/rk4``; dopri5 at tolerance ``tol``, one key per
+    tolerance: ``w2_vs_nfe/dopri5_tol1e-03``."""
+    return vs_nfe_prefix(metric) + solver + ("" if tol is None else TOL_MARK + tol_text(tol))
+
+
+def parse_vs_nfe(key: str) -> tuple[str, str, float | None]:
+    """(metric, solver, tolerance or None) of a :func:`vs_nfe` key; a dopri5 key of fmbench
+    before tolerances were keyed (``fid_vs_nfe/dopri5``) has no tolerance."""
+    family, _, rest = key.partition("/")
+    if not family.endswith("_vs_nfe") or not rest:
+        raise KeyError(f"{key!r} is not a quality-against-NFE key")
+    solver, _, tol = rest.partition(TOL_MARK)
+    return family.removesuffix("_vs_nfe"), solver, float(tol) if tol else None
 
 
 def trial_count(outcome: str) -> str:
@@ -109,7 +134,7 @@ _REGISTERED = {LOSS: "train_loss", TRAIN_S: "train_time", TRAIN_ATTEMPT_S: "trai
 def spec(key: str) -> MetricSpec:
     """The registered metric (display name, unit, direction) behind a metric key: ``final/nll``
     and ``during/nll`` are ``nll``, ``error/<solver>`` is ``numerical_error``,
-    ``fid_vs_nfe/<solver>`` is ``fid``. Read from :data:`harness.core.metrics.METRICS`, never copied."""
+    ``w2_vs_nfe/<solver>`` is ``w2``. Read from :data:`harness.core.metrics.METRICS`, never copied."""
     from harness.core.metrics import METRICS
 
     if key in _REGISTERED:
@@ -324,9 +349,10 @@ class TrialWriter:
         self.logger.set_tags({EVAL_SHARDS: count})
 
     def log_evaluation(self, metrics: dict[str, float], evaluation: Any, *, step: int,
-                       fid_metric: str, on_curve: bool) -> None:
+                       on_curve: bool) -> None:
         """The final metrics (also the last point of the during-training curves when ``step`` is
-        one of theirs: ``on_curve``), the error and FID curves by solver, and any warnings.
+        one of theirs: ``on_curve``), the error curves by solver, the quality-vs-NFE curves by
+        metric, solver and dopri5 tolerance (:func:`vs_nfe`), and any warnings.
         ``evaluation``: an :class:`harness.core.evaluation_types.EvalResult`."""
         self.logger.log_metrics({final(k): v for k, v in metrics.items()}, step=step)
         if on_curve:
@@ -334,9 +360,13 @@ class TrialWriter:
         for solver in {p.solver for p in evaluation.error_curve}:
             self.logger.log_history(error(solver), [
                 (p.nfe, p.error) for p in evaluation.error_curve if p.solver == solver])
-        for solver in {p.solver for p in evaluation.fid_curve}:  # MLflow steps are ints
-            self.logger.log_history(fid_vs_nfe(fid_metric, solver), [
-                (round(p.nfe), p.fid) for p in evaluation.fid_curve if p.solver == solver])
+        quality: dict[str, list[tuple[int, float]]] = {}
+        for p in evaluation.quality_curve:  # MLflow steps are ints
+            for metric, value in p.values.items():
+                key = vs_nfe(metric, p.solver, p.tol)
+                quality.setdefault(key, []).append((round(p.nfe), value))
+        for key, points in quality.items():
+            self.logger.log_history(key, points)
         if evaluation.warnings:
             self.logger.set_tags({WARNINGS: " | ".join(evaluation.warnings)[:5000]})
 

@@ -148,7 +148,6 @@ def eval_task(spec, checkpoint_dir: str, logger: RunLogger, *shards) -> dict[str
     record = TrialResult.record(prep, evaluation, time.perf_counter() - started)
     train = prep.spec.train
     writer.log_evaluation(record.metrics, evaluation, step=train.steps,
-                          fid_metric=prep.spec.eval.fid_metric,
                           on_curve=bool(train.eval_every) and train.steps % train.eval_every == 0)
     _log_artifacts(writer, prep, record)
     return record.metrics

@@ -85,7 +85,7 @@ class TrialResult:
             record["steps"] = self.training.step
         record.update(metrics=self.metrics,
                       error_vs_nfe=[asdict(p) for p in self.evaluation.error_curve],
-                      fid_vs_nfe=[asdict(p) for p in self.evaluation.fid_curve],
+                      quality_vs_nfe=[asdict(p) for p in self.evaluation.quality_curve],
                       warnings=self.evaluation.warnings)
         if self.training is not None:
             record["losses"] = self.training.losses
