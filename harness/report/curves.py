@@ -57,15 +57,23 @@ class Curves:
         ids = runs[["run_id", "label", "dataset", "seed"]].astype({"run_id": str})
         return cls(histories.astype({"run_id": str}).merge(ids, on="run_id", how="inner"))
 
-    def mean(self, label: str, dataset: str, key: str) -> pd.DataFrame:
-        """Columns step, mean, std, n: the curve averaged over the seeds that logged each step."""
+    def _select(self, label: str, dataset: str, key: str) -> pd.DataFrame:
         p = self.points
         sel = p[(p["label"] == label) & (p["dataset"] == dataset) & (p["key"] == key)]
         # a resumed run may log a step twice: keep its last value
-        sel = sel.drop_duplicates(["run_id", "step"], keep="last")
-        g = sel.groupby("step")["value"]
+        return sel.drop_duplicates(["run_id", "step"], keep="last")
+
+    def mean(self, label: str, dataset: str, key: str) -> pd.DataFrame:
+        """Columns step, mean, std, n: the curve averaged over the seeds that logged each step."""
+        g = self._select(label, dataset, key).groupby("step")["value"]
         out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()})
         return out.reset_index().sort_values("step")
+
+    def per_seed(self, label: str, dataset: str, key: str) -> dict[int, pd.Series]:
+        """Each seed's own curve (value indexed by step, ascending), for claims that pair seeds:
+        the same seed gives two methods the same data and noise, so their curves compare."""
+        sel = self._select(label, dataset, key).sort_values("step")
+        return {int(seed): g.set_index("step")["value"] for seed, g in sel.groupby("seed")}
 
     def seeds(self, label: str, dataset: str, key: str) -> int:
         p = self.points

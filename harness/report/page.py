@@ -8,6 +8,7 @@ import html
 from pathlib import Path
 
 from harness.report.formats import to_html
+from harness.report.stats import METHOD as STATISTICS
 
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;
@@ -68,7 +69,7 @@ def _claims(content) -> str:
         out.append(f'<li>{html.escape(c.statement)} <span class="verdict {css}">'
                    f"{html.escape(c.verdict.capitalize())}</span>: {html.escape(c.evidence)}"
                    + (f"<ul>{details}</ul>" if details else "") + "</li>")
-    return "\n".join(out + ["</ul>"])
+    return "\n".join(out + ["</ul>", f"<p>{html.escape(STATISTICS)}</p>"])
 
 
 def _figures(figures) -> str:

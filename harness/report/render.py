@@ -25,6 +25,7 @@ from harness.report.claims import Claim
 from harness.report.figures import Figure
 from harness.report.formats import to_csv, to_latex, to_markdown
 from harness.report.page import html_page
+from harness.report.stats import METHOD as STATISTICS
 from harness.report.table import Table
 
 FIGURES, SAMPLES = "figures", "samples"
@@ -71,7 +72,7 @@ def _md_claims(claims: list[Claim]) -> str:
     for c in claims:
         lines.append(f"- {c.statement} **{c.verdict.capitalize()}**: {c.evidence}")
         lines += [f"  - {d}" for d in c.details]
-    return "\n".join(lines)
+    return "\n".join(lines) + f"\n\n{STATISTICS}"
 
 
 def _md_figures(figures: list[Figure]) -> str:
