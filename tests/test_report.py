@@ -29,6 +29,7 @@ from harness.cli import main
 from harness.core.evaluation_types import ErrorPoint, EvalResult, QualityPoint
 from harness.run.record import State, TrialRun, TrialWriter
 from harness.report import build_report, collect
+from harness.report.stats import METHOD as STATISTICS
 from harness.run.suite import load_suite
 from harness.run.tracking import Tracker
 from tests.helpers import chromium, new_experiment
@@ -363,26 +364,42 @@ def test_html_markdown_csv_latex_agree_with_each_other_and_mlflow(report, store)
 
 def test_claim_verdicts_and_numbers(report):
     nfe, error, early = report.claims
-    # NFE: moons 64 vs mean(110, 126) = 118; digits 142 vs 184; means over datasets 103 vs 151
-    assert nfe.verdict == "holds"
-    assert nfe.evidence == "holds on 2/2 datasets, 103 vs 151 mean NFE"
+    # NFE ratios on paired seeds: moons 62/110, 64/126 (VP seed 2 failed); digits 140/181,
+    # 142/184, 144/187. With n = 2 or 3 values every resample repeats one value with probability
+    # 1/n^n > 2.5%, so the 95% bootstrap interval is the values' range.
+    assert nfe.verdict == "holds" and nfe.sign_p == 0.25
     assert "tol 1e-05" in nfe.statement and "FM w/ OT vs FM w/ Diffusion" in nfe.statement
-    assert nfe.details == ("moons: 64 vs 118 mean NFE (n=3 vs 2): holds",
-                           "digits: 142 vs 184 mean NFE (n=3 vs 3): holds")
-    # midpoint error: lower at NFE 4, 8, 16 on moons; at 4 and 8 but not 16 on digits
-    assert error.verdict == "mixed"
-    assert error.evidence == "holds on 1/2 datasets, OT error lower at 5/6 (dataset, NFE) points"
-    assert error.details[1].endswith("OT lower at 2/3 NFE: does not hold")
-    # during/w2 means: OT 0.30, 0.12, 0.10; VP (seeds 0, 1) 0.51, 0.29, 0.16 -> threshold 0.16,
-    # first reached at step 200 (OT) and 300 (VP); digits has no VP curve
-    assert early.verdict == "holds"
-    assert early.evidence == ("holds on 1/1 dataset, first reached at step 200 vs 300 on average;"
-                              " not enough data on digits")
-    assert early.details == ("moons: W2 ≤ 0.16 first at step 200 vs 300 (3 vs 2 seeds): holds",)
+    moons, digits = nfe.effects
+    assert moons.seeds == (0, 1) and moons.values == pytest.approx((62 / 110, 64 / 126))
+    assert moons.interval == (pytest.approx((62 / 110 * 64 / 126) ** 0.5),
+                              pytest.approx(64 / 126), pytest.approx(62 / 110), 2)
+    assert digits.interval[1:] == (pytest.approx(144 / 187), pytest.approx(140 / 181), 3)
+    assert nfe.evidence == ("OT ahead on 2/2 datasets (one-sided sign test p = 0.25; the smallest "
+                            "attainable with 2 datasets is 0.25); per dataset: 2 holds")
+    assert nfe.details[0] == ("moons: NFE(OT)/NFE(VP) by seed 0: 0.564, 1: 0.508; geometric mean "
+                              "0.535, 95% interval [0.508, 0.564] (n = 2): holds")
+    # midpoint error ratios at NFE 4, 8, 16: moons 0.2 at each; digits 0.75, 0.833, 2, geometric
+    # mean 1.25^(1/3) > 1 on every seed; the sign test: 1 of 2 ahead, p = 3/4
+    assert error.verdict == "mixed" and error.sign_p == 0.75
+    assert [e.verdict for e in error.effects] == ["holds", "does not hold"]
+    assert error.effects[0].values == pytest.approx((0.2, 0.2))
+    assert error.effects[1].values == pytest.approx((1.25 ** (1 / 3),) * 3)
+    assert error.evidence.endswith("per dataset: 1 holds, 1 does not hold")
+    assert "error(OT)/error(VP) at NFE 4, 8, 16 by seed" in error.details[1]
+    # during/w2 per seed: seed 0 good = max(0.10, 0.15), reached at step 200 (OT) and 300 (VP);
+    # seed 1 good = 0.17, the same steps; VP seed 2 failed and digits has no VP curve
+    assert early.verdict == "holds" and early.sign_p == 0.5
+    assert early.evidence == ("OT ahead on 1/1 dataset (one-sided sign test p = 0.5; the smallest "
+                              "attainable with 1 dataset is 0.5); per dataset: 1 holds; not "
+                              "enough data on digits")
+    assert early.details == ("moons: steps OT − VP by seed 0: -100 (200 vs 300, W2 ≤ 0.15), "
+                             "1: -100 (200 vs 300, W2 ≤ 0.17); mean -100, 95% interval "
+                             "[-100, -100] (n = 2): holds",)
     md, page = report.markdown.read_text(), report.index.read_text()
     for claim in report.claims:
         assert f"**{claim.verdict.capitalize()}**: {claim.evidence}" in md
         assert html.escape(claim.evidence) in page
+    assert STATISTICS in md and html.escape(STATISTICS) in page
 
 
 def test_not_enough_data_without_the_pair_and_a_grid_inferred_from_runs(store, tmp_path):
