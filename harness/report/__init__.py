@@ -18,6 +18,8 @@ import pandas as pd
 from harness.report.claims import Claim, check_claims, claims_table
 from harness.report.collect import ReportError, Store
 from harness.report.curves import CURVE_SEEDS, Curves, curve_runs, keys_for
+from harness.report.efficiency import budget_table, to_csv_text
+from harness.report.efficiency import points as efficiency_points
 from harness.report.figures import efficiency_figure, training_figure
 from harness.report.grid import Plan, Status, display_name, trial_frame
 from harness.report.provenance import cost_summary, cost_table, provenance_table
@@ -116,8 +118,9 @@ def build_report(suite: Any, tracking_uri: str | None = None, out_dir: str | Pat
     claims = check_claims(plan, frame, curves)
     invocations = of_kind(runs, INVOCATION)
     latest = invocations.iloc[0] if len(invocations) else None
+    efficiency = efficiency_points(curves)
     tables = {"comparison": comparison_table(plan, frame), "claims": claims_table(claims),
-              "cost": cost_table(plan, frame),
+              "budget": budget_table(plan, frame, efficiency), "cost": cost_table(plan, frame),
               "provenance": provenance_table(plan, frame, store.uri, latest)}
 
     with staged(out, shown, name) as tmp:
@@ -128,7 +131,8 @@ def build_report(suite: Any, tracking_uri: str | None = None, out_dir: str | Pat
             training=[training_figure(plan, frame, curves, d) for d in plan.datasets],
             samples=_samples(store, frame, tmp),
             methods=[(label, display_name(plan, label)) for label in plan.labels],
-            datasets=list(plan.datasets), cost_summary=cost_summary(plan, frame))
+            datasets=list(plan.datasets), cost_summary=cost_summary(plan, frame),
+            efficiency_csv=to_csv_text(efficiency))
         files = {k: out / p.relative_to(tmp) for k, p in write_report(content, tmp).items()}
 
     warnings, logged = [], None

@@ -36,7 +36,9 @@ def keys_for(frame: pd.DataFrame, metrics: DatasetMetrics) -> list[str]:
     """The history keys one dataset's figures and claims need, among those logged."""
     logged = logged_keys(frame)
     wanted = [LOSS, during_key(metrics), error_key()]
-    wanted += sorted(k for k in logged if k.startswith(vs_nfe_prefix(metrics)))
+    wanted += sorted(k for k in logged if k.startswith(record.ERROR) and k != error_key())
+    prefixes = tuple(record.vs_nfe_prefix(m) for m in curve_metrics(metrics))
+    wanted += sorted(k for k in logged if k.startswith(prefixes))
     return [k for k in wanted if k in logged]
 
 
@@ -79,3 +81,13 @@ class Curves:
         p = self.points
         sel = p[(p["label"] == label) & (p["dataset"] == dataset) & (p["key"] == key)]
         return int(sel["run_id"].nunique())
+
+
+CURVE_METRICS = {"w2": ("w2", "mmd")}
+"""Quality metrics drawn against NFE beside a dataset's quality metric (2-D data: W2 and MMD);
+any other quality metric (FID) is drawn alone."""
+
+
+def curve_metrics(metrics: DatasetMetrics) -> tuple[str, ...]:
+    """The metrics of a dataset's quality-against-NFE curves, its quality metric first."""
+    return CURVE_METRICS.get(metrics.quality, (metrics.quality,))

@@ -1,5 +1,5 @@
-"""Report figures as PNG bytes: sampling efficiency (the paper's Figure 7) and training curves
-(Figure 5), one of each per dataset.
+"""Report figures as PNG bytes: sampling efficiency (the paper's Figure 7: quality and numerical
+error against NFE) and training curves (Figure 5), one of each per dataset.
 
 Every figure draws a method with the same colour, line style and marker, keyed by the method's
 place in the table, so a reader matches lines across figures at a glance. Matplotlib's object API
@@ -18,8 +18,9 @@ import pandas as pd
 from harness.core.metrics import METRICS
 from harness.core.methods import METHODS
 from harness.run.record import LOSS, State, final_column
-from harness.report.curves import (CURVE_SEEDS, ERROR_SOLVER, Curves, during_key, error_key,
-                                   vs_nfe_prefix)
+from harness.report.curves import CURVE_SEEDS, ERROR_SOLVER, Curves, curve_metrics, during_key
+from harness.report.efficiency import NUMERICAL_ERROR, seed_means, solver_order
+from harness.report.efficiency import points as efficiency_points
 from harness.report.grid import Plan, display_name
 from harness.report.tables import dataset_metrics, quality_pipelines, quality_title
 from harness.core.solvers import SOLVERS
@@ -122,25 +123,32 @@ def _positive(ax, axis: str) -> None:
         ax.xaxis.set_major_formatter(ScalarFormatter())
 
 
-def efficiency_figure(plan: Plan, frame: pd.DataFrame, curves: Curves, dataset: str) -> Figure:
-    """Sample quality against NFE, one panel per solver, then midpoint error against NFE."""
-    metrics = dataset_metrics(frame, dataset)
-    styles, shown = palette(plan), set()
-    keys = set(curves.points.loc[curves.points["dataset"] == dataset, "key"])
-    solvers = [s for s in SOLVERS.names() if vs_nfe_prefix(metrics) + s in keys]
-    fig, axes = _new(len(solvers) + 2)
-    for ax, solver in zip(axes, solvers):
-        _curve(ax, curves, plan, styles, dataset, vs_nfe_prefix(metrics) + solver, shown)
-        ax.set_title(f"{solver}")
-        _positive(ax, "x")
-    ax = axes[len(solvers)]
-    for label in plan.labels:  # every finished seed: these come from the runs table, not curves
+def _band(ax, means: pd.DataFrame, style: Style) -> None:
+    """A seed-mean curve against NFE with a band of ± one standard deviation over seeds."""
+    means = means.sort_values("nfe")
+    ax.plot(means["nfe"], means["mean"], color=style.colour, linestyle=style.line,
+            marker=style.marker, markersize=4)
+    for _, point in means.dropna(subset=["tolerance"]).iterrows():  # dopri5: name each tolerance
+        ax.annotate(f"{point['tolerance']:g}", (point["nfe"], point["mean"]), fontsize=6,
+                    xytext=(3, 3), textcoords="offset points", color=style.colour)
+    spread = means.dropna(subset=["std"])
+    if len(spread) > 1:
+        ax.fill_between(spread["nfe"], spread["mean"] - spread["std"],
+                        spread["mean"] + spread["std"], color=style.colour, alpha=0.15,
+                        linewidth=0)
+
+
+def _final_points(ax, plan: Plan, frame: pd.DataFrame, styles, dataset: str, quality: str,
+                  shown: set) -> None:
+    """Each method's final dopri5 (NFE, quality) at the suite's tolerance, mean ± std over every
+    finished seed: the panel of runs that logged no quality curve."""
+    nfe, value = final_column("nfe"), final_column(quality)
+    for label in plan.labels:
         done = frame[(frame["label"] == label) & (frame["dataset"] == dataset)
                      & (frame["state"] == State.FINISHED)]
-        nfe, quality = final_column("nfe"), final_column(metrics.quality)
-        if nfe not in done or quality not in done:
+        if nfe not in done or value not in done:
             continue
-        pts = done[[nfe, quality]].dropna()
+        pts = done[[nfe, value]].dropna()
         if len(pts):
             s = styles[label]
             ax.errorbar(pts.iloc[:, 0].mean(), pts.iloc[:, 1].mean(),
@@ -149,22 +157,61 @@ def efficiency_figure(plan: Plan, frame: pd.DataFrame, curves: Curves, dataset: 
                         color=s.colour, marker=s.marker, capsize=3)
             shown.add(label)
     ax.set_title("dopri5 at the suite's tolerance")
-    ax = axes[-1]
-    _curve(ax, curves, plan, styles, dataset, error_key(), shown)
+
+
+def _panels(ax, eff: pd.DataFrame, plan: Plan, styles, metric: str, solver: str,
+            shown: set) -> None:
+    """One metric against NFE for one solver: a band per method."""
+    rows = eff[(eff["metric"] == metric) & (eff["solver"] == solver)]
+    for label in plan.labels:
+        means = seed_means(rows[rows["method"] == label])
+        if len(means):
+            _band(ax, means, styles[label])
+            shown.add(label)
     _positive(ax, "x")
-    _positive(ax, "y")
-    ax.set_title(f"numerical error, {ERROR_SOLVER}")
-    ax.set_ylabel("MSE per dim vs dopri5 at 1e-7")
+
+
+def efficiency_figure(plan: Plan, frame: pd.DataFrame, curves: Curves, dataset: str) -> Figure:
+    """Sample quality against NFE (rows: W2 and MMD for 2-D data, FID for images; columns: the
+    solvers, dopri5 as a curve over its tolerances), then the numerical error against NFE."""
+    dm = dataset_metrics(frame, dataset)
+    eff = efficiency_points(curves)
+    eff = eff[eff["dataset"] == dataset]
+    quality = eff[eff["metric"] != NUMERICAL_ERROR]
+    metrics = [m for m in curve_metrics(dm) if m in set(quality["metric"])] or [dm.quality]
+    solvers = solver_order(quality["solver"])
+    styles, shown = palette(plan), set()
+    from matplotlib.figure import Figure as MplFigure
+
+    cols = max(len(solvers), 1) + 1
+    fig = MplFigure(figsize=(3.6 * cols, 3.2 * len(metrics) + 0.6), layout="constrained")
+    grid = fig.subplots(len(metrics), cols, squeeze=False)
+    for r, metric in enumerate(metrics):
+        for c, solver in enumerate(solvers):
+            _panels(grid[r][c], eff, plan, styles, metric, solver, shown)
+            grid[r][c].set_title(solver if solver in SOLVERS and not SOLVERS.get(solver).adaptive
+                                 else f"{solver} over tolerances")
+        if not solvers:
+            _final_points(grid[r][0], plan, frame, styles, dataset, metric, shown)
+        grid[r][0].set_ylabel(_axis_label(frame, dataset, metric,
+                                          "fid_nfe_samples" if solvers else "fid_samples"))
+    error = grid[0][-1]
+    _panels(error, eff, plan, styles, NUMERICAL_ERROR, ERROR_SOLVER, shown)
+    _positive(error, "y")
+    error.set_title(f"numerical error, {ERROR_SOLVER}")
+    error.set_ylabel("MSE per dim vs dopri5 at 1e-7")
+    for row in grid[1:]:
+        row[-1].set_axis_off()
+    axes = [ax for row in grid for ax in row if ax.axison]
     for ax in axes:
         ax.set_xlabel("NFE (network evaluations)")
-    for ax in axes[:len(solvers)]:  # the FID-vs-NFE curves count fid_nfe_samples
-        ax.set_ylabel(_axis_label(frame, dataset, metrics.quality, "fid_nfe_samples"))
-    axes[len(solvers)].set_ylabel(_axis_label(frame, dataset, metrics.quality))
     _finish(fig, axes, plan, styles, shown)
-    caption = (f"{dataset}: {METRICS.get(metrics.quality).display} against NFE "
-               f"({'per fixed-step solver, ' if solvers else ''}dopri5 points: mean ± std over "
-               f"finished seeds) and {ERROR_SOLVER} numerical error against NFE (mean over the "
-               f"first {CURVE_SEEDS} finished seeds). Lower is better.")
+    names = " and ".join(METRICS.get(m).display for m in metrics)
+    drawn = ("per solver (fixed-step solvers at their NFE budgets, dopri5 at the mean NFE of each "
+             "tolerance)" if solvers else "(dopri5 at the suite's tolerance, every finished seed)")
+    caption = (f"{dataset}: {names} against NFE {drawn}, and {ERROR_SOLVER} numerical error "
+               f"against NFE. Lines: mean over the first {CURVE_SEEDS} finished seeds; bands and "
+               "error bars: ± one standard deviation over seeds. Lower is better.")
     return Figure(f"efficiency-{dataset}", f"Sampling efficiency: {dataset}", caption, _png(fig))
 
 

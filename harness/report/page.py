@@ -106,6 +106,8 @@ def html_page(content) -> str:
         f'<div class="scroll">{to_html(t["comparison"])}</div>',
         '<h2 id="claims">Claims</h2>', _claims(content),
         '<h2 id="efficiency">Sampling efficiency</h2>', _figures(content.efficiency),
+        *(['<h3 id="budget">NFE budget</h3>', f'<div class="scroll">{to_html(t["budget"])}</div>']
+          if "budget" in t else []),
         '<h2 id="training">Training curves</h2>', _figures(content.training),
         '<h2 id="samples">Samples</h2>', _samples(content, "samples"),
         "<h3>Trajectories</h3>", _samples(content, "trajectories"),

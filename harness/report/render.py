@@ -29,7 +29,9 @@ from harness.report.stats import METHOD as STATISTICS
 from harness.report.table import Table
 
 FIGURES, SAMPLES = "figures", "samples"
-TABLES = ("comparison", "claims", "cost", "provenance")
+TABLES = ("comparison", "claims", "budget", "cost", "provenance")
+EFFICIENCY_CSV = "efficiency.csv"
+"""Every point of the curves against NFE, long format (:mod:`harness.report.efficiency`)."""
 MARKER = ".fmbench-report"
 """JSON file in every report folder (suite, time, version, the files written): the proof that the
 folder is fmbench's to replace."""
@@ -65,6 +67,7 @@ class Content:
     methods: list[tuple[str, str]]  # (label, display name) in table order
     datasets: list[str]
     cost_summary: str
+    efficiency_csv: str = ""  # efficiency.csv's text; written even when empty (header only)
 
 
 def _md_claims(claims: list[Claim]) -> str:
@@ -104,6 +107,7 @@ def markdown(content: Content, out: Path) -> str:
         "## Comparison", to_markdown(t["comparison"]),
         "## Claims", _md_claims(content.claims),
         "## Sampling efficiency", _md_figures(content.efficiency),
+        *(["### NFE budget", to_markdown(t["budget"])] if "budget" in t else []),
         "## Training curves", _md_figures(content.training),
         "## Samples", _md_samples(content, out, "samples"),
         "### Trajectories", _md_samples(content, out, "trajectories"),
@@ -125,6 +129,8 @@ def write_report(content: Content, out: Path) -> dict[str, Path]:
         for ext, render in (("csv", to_csv), ("tex", to_latex)):
             files[f"{name}.{ext}"] = out / f"{name}.{ext}"
             files[f"{name}.{ext}"].write_text(render(table), encoding="utf-8")
+    files[EFFICIENCY_CSV] = out / EFFICIENCY_CSV
+    files[EFFICIENCY_CSV].write_text(content.efficiency_csv, encoding="utf-8")
     files["report.md"] = out / "report.md"
     files["report.md"].write_text(markdown(content, out), encoding="utf-8")
     files["index.html"] = out / "index.html"
