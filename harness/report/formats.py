@@ -22,6 +22,8 @@ def _html_cell(table: Table, cell: Cell) -> str:
         value = f"<strong>{value}</strong>"
     if cell.count_text:
         value += f' <span class="n">({cell.count_text})</span>'
+    if cell.reference_text:
+        value += f' <span class="paper">· {html.escape(cell.reference_text)}</span>'
     if cell.notes:
         value += "<sup>" + ",".join(f'<a href="#{table.name}-fn{k}">{k}</a>'
                                     for k in cell.notes) + "</sup>"
@@ -66,6 +68,8 @@ def _md_cell(cell: Cell) -> str:
         value = f"**{value}**"
     if cell.count_text:
         value += f" ({cell.count_text})"
+    if cell.reference_text:
+        value += f" · {_md(cell.reference_text)}"
     if cell.notes:
         value += "<sup>" + ",".join(str(k) for k in cell.notes) + "</sup>"
     return value
@@ -89,11 +93,18 @@ def to_markdown(table: Table) -> str:
 # -- CSV ---------------------------------------------------------------------------------------
 
 CSV_FIELDS = ("row_key", "row", "group", "column", "unit", "key", "mean", "std", "n", "text",
-              "best", "notes")
+              "best", "notes", "ci95_low", "ci95_high", "paper", "paper_diff")
+"""``ci95_low``/``ci95_high``: :attr:`Cell.interval` (empty below two seeds); ``paper``: the
+published value as printed, ``paper_diff`` ours minus it (paper suites only)."""
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
 
 
 def to_csv(table: Table) -> str:
-    """Long form, one line per cell: full-precision mean and std beside the text shown."""
+    """Long form, one line per cell: full-precision mean, std, 95% interval and difference from
+    the paper beside the text shown."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
@@ -102,9 +113,10 @@ def to_csv(table: Table) -> str:
         for col, c in zip(table.columns, cells):
             writer.writerow([
                 key, row, col.group, col.title, col.unit, col.key,
-                "" if c.mean is None else repr(float(c.mean)),
-                "" if c.std is None else repr(float(c.std)), c.n if c.numeric else "",
-                c.value_text, int(c.bold), " | ".join(table.footnotes[k - 1] for k in c.notes)])
+                _number(c.mean), _number(c.std), c.n if c.numeric else "",
+                c.value_text, int(c.bold), " | ".join(table.footnotes[k - 1] for k in c.notes),
+                *(_number(v) for v in c.interval or (None, None)), c.reference or "",
+                _number(c.difference)])
     return buf.getvalue()
 
 
@@ -113,7 +125,7 @@ def to_csv(table: Table) -> str:
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
         "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
         "±": r"$\pm$", "—": "---", "↓": r"$\downarrow$", "↑": r"$\uparrow$", "²": r"$^2$",
-        "·": r"$\cdot$", "×": r"$\times$"}
+        "·": r"$\cdot$", "×": r"$\times$", "−": "$-$"}
 _TEX_RE = re.compile("|".join(re.escape(k) for k in _TEX))
 
 
@@ -128,6 +140,8 @@ def _tex_cell(cell: Cell) -> str:
         value = rf"\textbf{{{value}}}"
     if cell.count_text:
         value += rf" {{\scriptsize ({cell.count_text})}}"
+    if cell.reference_text:
+        value += rf" {{\scriptsize {tex('· ' + cell.reference_text)}}}"
     if cell.notes:
         value += r"\textsuperscript{" + ",".join(str(k) for k in cell.notes) + "}"
     return value

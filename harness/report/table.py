@@ -35,7 +35,8 @@ class Column:
 @dataclass(frozen=True)
 class Cell:
     """A number as mean ± std over ``n`` seeds shown to ``decimals`` places, or a plain ``text``;
-    ``notes`` are footnote numbers (1-based) that explain a gap or a partial count."""
+    ``notes`` are footnote numbers (1-based) that explain a gap or a partial count; ``reference``
+    a published value as printed ("2.99"), shown beside the mean with the difference."""
 
     mean: float | None = None
     std: float | None = None
@@ -44,6 +45,7 @@ class Cell:
     text: str | None = None
     bold: bool = False
     notes: tuple[int, ...] = ()
+    reference: str | None = None
 
     @property
     def numeric(self) -> bool:
@@ -68,6 +70,36 @@ class Cell:
     @property
     def count_text(self) -> str:
         return f"n={self.n}" if self.numeric and self.n else ""
+
+    @property
+    def difference(self) -> float | None:
+        """Ours minus the reference, at full precision; None without both."""
+        if self.reference is None or not self.numeric:
+            return None
+        return float(self.mean) - float(self.reference)
+
+    @property
+    def reference_text(self) -> str:
+        """"paper 2.99, +0.13": the reference as printed and the difference at the cell's places
+        ("paper 2.99" while the cell has no mean; "" without a reference)."""
+        if self.reference is None:
+            return ""
+        if self.difference is None:
+            return f"paper {self.reference}"
+        shown = round(self.difference, self.decimals) or 0.0  # never "-0.00"
+        return f"paper {self.reference}, {shown:+.{self.decimals}f}"
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """The 95% Student-t interval of the mean over the ``n`` seeds, mean ± t(0.975, n - 1) ·
+        std / √n (Student 1908; Casella & Berger, Statistical Inference, 2nd ed., ch. 9); None
+        below two seeds, where no spread is known."""
+        if not self.numeric or self.n < 2 or self.std is None:
+            return None
+        from scipy.stats import t  # here: scipy.stats costs a second to import
+
+        half = float(t.ppf(0.975, self.n - 1)) * self.std / math.sqrt(self.n)
+        return self.mean - half, self.mean + half
 
 
 @dataclass(frozen=True)
@@ -135,7 +167,7 @@ class Footnotes:
         out = []
         for text in texts:
             out.append(self._texts.setdefault(text, len(self._texts) + 1))
-        return tuple(dict.fromkeys(out))
+        return tuple(sorted(set(out)))  # ascending, as a reader looks them up
 
     @property
     def texts(self) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ import pandas as pd
 from harness.datasets import DATASETS
 from harness.core.metrics import METRICS
 from harness.run.record import WARNINGS, State, final, final_column, param_column, tag_column
+from harness.report import paper as published
 from harness.report.grid import Plan, display_name
 from harness.report.table import Cell, Column, Footnotes, Table, decimals_for, mark_best
 
@@ -140,11 +141,12 @@ def seed_notes(plan: Plan, rows: pd.DataFrame, metric: str) -> list[str]:
     return [f"{who}, {seed_list(seeds)}: {why}" for why, seeds in groups.items()]
 
 
-def cells(frame: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
+def cells(frame: pd.DataFrame, params: tuple[str, ...] = ()) -> dict[tuple[str, str],
+                                                                     pd.DataFrame]:
     """The trials of each (method label, dataset) in seed order, with only the columns a cell
-    needs (rows of a few hundred params and tags are slow to walk)."""
+    needs (rows of a few hundred params and tags are slow to walk) and the ``params`` columns."""
     keep = ["label", "dataset", "seed", "state", "reason", tag_column(WARNINGS), "pipeline",
-            *(c for c in frame.columns if c.startswith(final_column("")))]
+            *(c for c in frame.columns if c.startswith(final_column(""))), *params]
     slim = frame[[c for c in keep if c in frame.columns]].sort_values("seed", kind="stable")
     return {key: group for key, group in slim.groupby(["label", "dataset"], sort=False)}
 
@@ -168,8 +170,10 @@ def comparison_table(plan: Plan, frame: pd.DataFrame) -> Table:
     columns: list[Column] = []
     stats: list[list[tuple]] = [[] for _ in plan.labels]  # (mean, std, n) per row and column
     why: list[list[list[str]]] = [[] for _ in plan.labels]  # footnote texts per row and column
+    refs: list[list[str | None]] = [[] for _ in plan.labels]  # the paper's value, as printed
+    paper = published.load() if published.compared(plan.suite) else None
     with_pipeline = frame.assign(pipeline=fid_pipelines(frame))
-    by_cell = cells(with_pipeline)
+    by_cell = cells(with_pipeline, tuple(published.params(paper)) if paper else ())
     mixed = {}
     for dataset in plan.datasets:
         for metric in dataset_metrics(frame, dataset).columns:
@@ -189,22 +193,35 @@ def comparison_table(plan: Plan, frame: pd.DataFrame) -> Table:
                         keep = ~ok | (rows["pipeline"] == pipeline)
                         rows, value, ok = rows[keep], value[keep], ok[keep]
                     stats[i].append(summarize(value[ok].tolist()))
-                    why[i].append(seed_notes(plan, rows[~ok], metric))
+                    refs[i].append(_reference(paper, plan, label, dataset, metric))
+                    why[i].append(seed_notes(plan, rows[~ok], metric) + (published.protocol_notes(
+                        paper, dataset, metric, rows[ok]) if refs[i][-1] else []))
     notes = Footnotes()
     numbers = [[notes.add(texts) for texts in row] for row in why]
     by_column = []
     for j, col in enumerate(columns):
         places = decimals_for(stats[i][j][0] for i in range(len(plan.labels)))
-        column = [Cell(*stats[i][j], decimals=places, notes=numbers[i][j])
+        column = [Cell(*stats[i][j], decimals=places, notes=numbers[i][j], reference=refs[i][j])
                   for i in range(len(plan.labels))]
         by_column.append(mark_best(column, col.lower_is_better))
     rows = tuple(tuple(col[i] for col in by_column) for i in range(len(plan.labels)))
     return Table("comparison", "Comparison", "Method",
                  tuple(display_name(plan, label) for label in plan.labels), tuple(columns), rows,
-                 notes.texts, _caption(frame, mixed), plan.labels)
+                 notes.texts, _caption(frame, mixed, paper if any(map(any, refs)) else None),
+                 plan.labels)
 
 
-def _caption(frame: pd.DataFrame, mixed: dict[str, list[str]]) -> str:
+def _reference(paper: published.Paper | None, plan: Plan, label: str, dataset: str,
+               metric: str) -> str | None:
+    """The paper's value of a cell, as printed: in a paper suite, for a method under its own
+    name (a labelled variant runs other options than the paper's) and a metric it reports."""
+    if paper is None or plan.methods.get(label) != label:
+        return None
+    return paper.value(dataset, label, metric)
+
+
+def _caption(frame: pd.DataFrame, mixed: dict[str, list[str]],
+             paper: published.Paper | None = None) -> str:
     tol = ""
     tol_column = param_column("eval.tol")
     if tol_column in frame:
@@ -219,4 +236,8 @@ def _caption(frame: pd.DataFrame, mixed: dict[str, list[str]]) -> str:
     for dataset, found in mixed.items():
         text += (f" Mixed FID pipelines on {dataset} ({'; '.join(found)}): one column each, "
                  "not comparable across columns.")
+    if paper is not None:
+        text += (f" \"paper\": the value {paper.citation} prints for that method and dataset, "
+                 "then ours − paper at the cell's places; the notes name every protocol setting "
+                 "in which the runs averaged differ from the paper's.")
     return text
