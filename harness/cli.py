@@ -384,7 +384,8 @@ def _close_stale(uri: str, experiment: str, suite: str) -> None:
 def cmd_status(args) -> int:
     from harness.run.record import State, trial_runs
     from harness.run.suite import load_suite
-    from harness.run.tracking import Tracker, mask_uri
+    from harness.run.tracking import Tracker
+    from harness.run.store import mask_uri
 
     suite = load_suite(args.suite)
     tracker = Tracker(args.tracking_uri or suite.tracking_uri, suite.experiment)
@@ -430,8 +431,9 @@ def cmd_ui(args) -> int:
     import subprocess
 
     from harness.run.record import SUITE_KIND, kind_filter
-    from harness.run.tracking import (check_reachable, check_store, mask_uri, mlflow_client,
-                                  resolve_tracking_uri, retry, split_credentials, ui_url)
+    from harness.run.store import (check_reachable, check_store, mask_uri, resolve_tracking_uri,
+                                   split_credentials, ui_url)
+    from harness.run.tracking import mlflow_client, retry
 
     uri = resolve_tracking_uri(args.tracking_uri)
     check_reachable(uri)

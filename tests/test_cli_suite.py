@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from harness.run import record
 from harness.cli import main
 from harness.run.record import State
-from harness.run.tracking import store_lock
+from harness.run.store import store_lock
 from tests.test_scheduler import TINY
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,8 @@ import pytest
 
 from harness.run import record
 from harness.cli import main
-from harness.run.tracking import Tracker, ui_url
+from harness.run.tracking import Tracker
+from harness.run.store import ui_url
 from tests.servers import MlflowServer
 from tests.helpers import chromium, finished_trial
 

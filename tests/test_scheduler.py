@@ -10,7 +10,8 @@ from harness.run import record
 from harness.run.record import KEY, State
 from harness.run.scheduler import run_suite
 from harness.run.suite import load_suite
-from harness.run.tracking import TrackingError, Tracker
+from harness.run.tracking import Tracker
+from harness.run.store import TrackingError
 
 TINY = """\
 name: {name}

@@ -22,7 +22,8 @@ import pytest
 
 from harness.run import record
 from harness.cli import main
-from harness.run.tracking import Tracker, TrackingError, check_reachable, mask_uri
+from harness.run.tracking import Tracker
+from harness.run.store import TrackingError, check_reachable, mask_uri
 from tests.servers import MlflowServer
 from tests.test_suite import MINIMAL
 from tests.helpers import error_line, finished_trial
@@ -396,7 +397,7 @@ def test_basic_auth_server_one_line_and_no_password_shown(auth_server, tmp_path,
 def test_file_store_only_when_mlflow_allows_it(tmp_path, capsys, monkeypatch):
     """MLflow 3 refuses its file store unless MLFLOW_ALLOW_FILE_STORE=true; so does fmbench, and
     with it a relative file: URI is made absolute and a missing folder is refused by readers."""
-    from harness.run.tracking import resolve_tracking_uri
+    from harness.run.store import resolve_tracking_uri
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")

@@ -25,8 +25,8 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.run.record import REPORT_FOLDER, SUITE, runs_frame
-from harness.run.tracking import (all_runs, check_readable, mask_uri, mlflow_client,
-                              resolve_tracking_uri)
+from harness.run.tracking import all_runs, mlflow_client
+from harness.run.store import check_readable, mask_uri, resolve_tracking_uri
 
 HISTORY_THREADS = 8
 """History calls are independent round trips: threads overlap them on an HTTP tracking server."""

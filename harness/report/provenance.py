@@ -20,7 +20,7 @@ from harness.run.record import (DEVICE, EVAL_GPUS, GIT_COMMIT, HARNESS_VERSION, 
                             TRAIN_S, WALL_S, final_column, metric_column, tag_column)
 from harness.report.grid import PLANNED_GPUS, Plan, display_name
 from harness.report.table import Cell, Column, Table
-from harness.run.tracking import mask_uri
+from harness.run.store import mask_uri
 
 PACKAGES = ("torch", "torchdiffeq", "numpy", "scipy", "pandas", "mlflow", "ray", "pot",
             "clean-fid", "matplotlib")

@@ -25,7 +25,8 @@ from harness.run.ray_session import RaySession, init_ray
 from harness.run.record import (State, TrialRun, TrialWriter, invocation_tags, invocation_totals,
                             trial_runs)
 from harness.run.tasks import eval_task, shard_task, train_task
-from harness.run.tracking import CREDENTIALS, RunLogger, Tracker, git_commit
+from harness.run.tracking import RunLogger, Tracker, git_commit
+from harness.run.store import CREDENTIALS
 
 SHARD_COST = {"error": 20.0, "likelihood": 3.0}
 """Rough cost per example of an evaluation part relative to sampling, measured on 2-D data: the
