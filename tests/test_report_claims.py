@@ -37,6 +37,14 @@ def test_bootstrap_bounds_are_binomial_quantiles():
     assert low <= 0.5 <= high and not low <= 0.7 <= high
 
 
+def test_bootstrap_bounds_are_the_order_statistics_efron_tibshirani_name():
+    # B = 40 resamples at 95%: the bounds are the B*0.025 = 1st and B*0.975 = 39th ordered means
+    # of the same draws (an interpolating quantile would give neither)
+    x = np.random.default_rng(5).normal(size=7)
+    means = np.sort(x[np.random.default_rng(0).integers(0, 7, (40, 7))].mean(axis=1))
+    assert bootstrap_mean(x, resamples=40)[1:3] == (means[0], means[38])
+
+
 def test_bootstrap_is_reproducible_and_the_seed_is_what_fixes_it():
     x = np.random.default_rng(3).normal(size=12)
     assert bootstrap_mean(x) == bootstrap_mean(list(x))
@@ -215,3 +223,11 @@ def test_claims_table_carries_intervals_p_and_the_method():
     for claim in claims:
         assert table.cell(claim.statement, "sign_p").value_text == "0.5"
         assert "95% interval [" in table.cell(claim.statement, "evidence").value_text
+
+
+def test_a_seed_without_a_usable_ratio_is_left_out_not_fatal():
+    # seed 1: OT logged NFE 0 and an error of 0 at every budget: a ratio 0 has no logarithm
+    plan, frame, curves = synthetic({"moons": {0: (60, 120, 0.5, 300, 700),
+                                               1: (0, 120, 0.0, 300, 700)}})
+    nfe, error, _ = check_claims(plan, frame, curves)
+    assert nfe.effects[0].seeds == (0,) and error.effects[0].seeds == (0,)

@@ -67,15 +67,15 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
 
 
-def _effect(dataset: str, values: dict[int, float], null: float, what: str,
+def _effect(dataset: str, values: dict[int, float], what: str, *, ratio: bool,
             notes: dict[int, str] | None = None) -> Effect:
-    """Judge one dataset's per-seed effects (the claim's side: below ``null``). Ratios (null 1)
-    are averaged on the log scale, so r and 1/r cancel: the mean is the geometric mean and its
+    """Judge one dataset's per-seed effects: a ratio OT/VP (no effect 1) or a difference OT − VP
+    (no effect 0); the claim's side is below no effect. Ratios are averaged on the log scale, so r and 1/r cancel: the mean is the geometric mean and its
     interval the bootstrap interval of the mean log ratio, exponentiated (the percentile interval
     respects monotone transformations, Efron & Tibshirani 1993, ch. 13)."""
     seeds = tuple(sorted(values))
     xs = tuple(float(values[s]) for s in seeds)
-    ratio = null == 1.0
+    null = 1.0 if ratio else 0.0
     iv = bootstrap_mean(np.log(xs) if ratio else xs)
     if ratio:
         iv = Interval(*(None if b is None else float(np.exp(b)) for b in iv[:3]), iv.n)
@@ -150,8 +150,9 @@ def fewer_nfe(plan: Plan, frame: pd.DataFrame, ot: str | None, vp: str | None,
 
     def effect(dataset: str) -> Effect | None:
         a, b = _finals(frame, ot, dataset, "nfe"), _finals(frame, vp, dataset, "nfe")
-        ratios = {s: a[s] / b[s] for s in a.keys() & b.keys() if b[s] > 0}
-        return _effect(dataset, ratios, 1.0, "NFE(OT)/NFE(VP)") if ratios else None
+        ratios = {s: a[s] / b[s] for s in a.keys() & b.keys()
+                  if np.isfinite([a[s], b[s]]).all() and a[s] > 0 and b[s] > 0}
+        return _effect(dataset, ratios, "NFE(OT)/NFE(VP)", ratio=True) if ratios else None
 
     return _judged(statement, *_per_dataset(plan, ot, vp, effect), 1.0)
 
@@ -182,7 +183,7 @@ def lower_error(plan: Plan, curves: Curves, ot: str | None, vp: str | None, who:
         same = len({ns for _, ns in found.values()}) == 1
         what = (f"error(OT)/error(VP) at NFE {', '.join(map(str, budgets))}"
                 + ("" if same else " (not every seed at every budget)"))
-        return _effect(dataset, {s: r for s, (r, _) in found.items()}, 1.0, what)
+        return _effect(dataset, {s: r for s, (r, _) in found.items()}, what, ratio=True)
 
     return _judged(statement, *_per_dataset(plan, ot, vp, effect), 1.0)
 
@@ -214,7 +215,8 @@ def earlier_quality(plan: Plan, frame: pd.DataFrame, curves: Curves, ot: str | N
             steps[s] = float(sa - sb)
             notes[s] = f"{sa} vs {sb}, {spec.display} {'≤' if spec.lower_is_better else '≥'} " \
                        f"{good:.3g}"
-        return _effect(dataset, steps, 0.0, "steps OT − VP", notes) if steps else None
+        return _effect(dataset, steps, "steps OT − VP", ratio=False, notes=notes) if steps \
+            else None
 
     return _judged(statement, *_per_dataset(plan, ot, vp, effect), 0.0)
 

@@ -56,7 +56,7 @@ def bootstrap_mean(values: Sequence[float], level: float = LEVEL, resamples: int
     rng = np.random.default_rng(seed)
     means = np.concatenate([x[rng.integers(0, x.size, (min(CHUNK, resamples - i), x.size))]
                             .mean(axis=1) for i in range(0, resamples, CHUNK)])
-    a = (1 - level) / 2
+    a = round((1 - level) / 2, 12)  # 1 - 0.95 is 0.05000000000000004 in floating point
     low, high = np.quantile(means, [a, 1 - a], method="inverted_cdf")
     return Interval(mean, float(low), float(high), int(x.size))
 
