@@ -32,7 +32,7 @@ figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.85em;color:#555}
 .samples td img{width:300px;height:auto}
 .verdict{font-weight:600}.holds{color:#2e7d32}.does-not-hold{color:#c62828}
-.mixed{color:#ef6c00}.not-enough-data{color:#757575}
+.mixed{color:#ef6c00}.not-enough-data,.inconclusive{color:#757575}
 details summary{cursor:pointer;margin:.5em 0}
 """
 
@@ -64,7 +64,7 @@ def _img(png: bytes, alt: str) -> str:
 def _claims(content) -> str:
     out = ["<ul>"]
     for c in content.claims:
-        css = c.verdict.replace(" ", "-")
+        css = c.verdict.split(" (")[0].replace(" ", "-")  # "inconclusive (n = 3)": inconclusive
         details = "".join(f"<li>{html.escape(d)}</li>" for d in c.details)
         out.append(f'<li>{html.escape(c.statement)} <span class="verdict {css}">'
                    f"{html.escape(c.verdict.capitalize())}</span>: {html.escape(c.evidence)}"
