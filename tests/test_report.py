@@ -375,7 +375,7 @@ def test_claim_verdicts_and_numbers(report):
                               pytest.approx(64 / 126), pytest.approx(62 / 110), 2)
     assert digits.interval[1:] == (pytest.approx(144 / 187), pytest.approx(140 / 181), 3)
     assert nfe.evidence == ("OT ahead on 2/2 datasets (one-sided sign test p = 0.25; the smallest "
-                            "attainable with 2 datasets is 0.25); per dataset: 2 holds")
+                            "attainable with 2 datasets is 0.25); per-dataset verdicts: holds 2")
     assert nfe.details[0] == ("moons: NFE(OT)/NFE(VP) by seed 0: 0.564, 1: 0.508; geometric mean "
                               "0.535, 95% interval [0.508, 0.564] (n = 2): holds")
     # midpoint error ratios at NFE 4, 8, 16: moons 0.2 at each; digits 0.75, 0.833, 2, geometric
@@ -384,14 +384,14 @@ def test_claim_verdicts_and_numbers(report):
     assert [e.verdict for e in error.effects] == ["holds", "does not hold"]
     assert error.effects[0].values == pytest.approx((0.2, 0.2))
     assert error.effects[1].values == pytest.approx((1.25 ** (1 / 3),) * 3)
-    assert error.evidence.endswith("per dataset: 1 holds, 1 does not hold")
+    assert error.evidence.endswith("per-dataset verdicts: holds 1, does not hold 1")
     assert "error(OT)/error(VP) at NFE 4, 8, 16 by seed" in error.details[1]
     # during/w2 per seed: seed 0 good = max(0.10, 0.15), reached at step 200 (OT) and 300 (VP);
     # seed 1 good = 0.17, the same steps; VP seed 2 failed and digits has no VP curve
     assert early.verdict == "holds" and early.sign_p == 0.5
     assert early.evidence == ("OT ahead on 1/1 dataset (one-sided sign test p = 0.5; the smallest "
-                              "attainable with 1 dataset is 0.5); per dataset: 1 holds; not "
-                              "enough data on digits")
+                              "attainable with 1 dataset is 0.5); per-dataset verdicts: holds 1; "
+                              "not enough data on digits")
     assert early.details == ("moons: steps OT − VP by seed 0: -100 (200 vs 300, W2 ≤ 0.15), "
                              "1: -100 (200 vs 300, W2 ≤ 0.17); mean -100, 95% interval "
                              "[-100, -100] (n = 2): holds",)

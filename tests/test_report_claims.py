@@ -176,7 +176,7 @@ def test_clear_effect_numbers_and_text():
     assert "0: -400 (300 vs 700, W2 ≤ 0.1)" in early.details[0]
     # one dataset on the claim's side: p = 1/2, the smallest attainable with one
     assert nfe.evidence == ("OT ahead on 1/1 dataset (one-sided sign test p = 0.5; the smallest "
-                            "attainable with 1 dataset is 0.5); per dataset: 1 holds")
+                            "attainable with 1 dataset is 0.5); per-dataset verdicts: holds 1")
 
 
 def test_one_paired_seed_is_inconclusive_and_unpaired_seeds_do_not_count():

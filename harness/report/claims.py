@@ -113,7 +113,8 @@ def _judged(statement: str, effects: list[Effect], missing: list[str], null: flo
     off = _plural(m) + ("" if m == n else " off no effect")
     evidence = (f"OT ahead on {sum(x < null for x in means)}/{_plural(n)} (one-sided sign test "
                 f"p = {p:.3g}; the smallest attainable with {off} is {0.5 ** m:.3g}); "
-                "per dataset: " + ", ".join(f"{k} {v}" for v, k in counts.items() if k) + where)
+                "per-dataset verdicts: " + ", ".join(f"{v} {k}" for v, k in counts.items() if k)
+                + where)
     return Claim(statement, headline, evidence, tuple(e.text for e in effects), tuple(effects), p)
 
 

@@ -14,8 +14,9 @@ RESAMPLES = 10_000
 SEED = 0
 CHUNK = 1_000
 """Resamples drawn at once: bounds memory at CHUNK x n indices however many seeds there are."""
-METHOD = (f"Intervals: {LEVEL:.0%} percentile bootstrap of the mean over paired seeds "
-          f"({RESAMPLES:,} resamples, seed {SEED}); across datasets: one-sided exact sign test.")
+METHOD = (f"Intervals: {LEVEL:.0%} percentile bootstrap of the mean over paired seeds (ratios "
+          f"on the log scale; {RESAMPLES:,} resamples, seed {SEED}); across datasets: one-sided "
+          "exact sign test.")
 """The sentence the report prints beside the claims."""
 
 
