@@ -70,9 +70,10 @@ def _fmt(x: float) -> str:
 def _effect(dataset: str, values: dict[int, float], what: str, *, ratio: bool,
             notes: dict[int, str] | None = None) -> Effect:
     """Judge one dataset's per-seed effects: a ratio OT/VP (no effect 1) or a difference OT − VP
-    (no effect 0); the claim's side is below no effect. Ratios are averaged on the log scale, so r and 1/r cancel: the mean is the geometric mean and its
-    interval the bootstrap interval of the mean log ratio, exponentiated (the percentile interval
-    respects monotone transformations, Efron & Tibshirani 1993, ch. 13)."""
+    (no effect 0); the claim's side is below no effect. Ratios are averaged on the log scale, so
+    r and 1/r cancel: the mean is the geometric mean and its interval the bootstrap interval of
+    the mean log ratio, exponentiated (the percentile interval respects monotone
+    transformations, Efron & Tibshirani 1993, ch. 13)."""
     seeds = tuple(sorted(values))
     xs = tuple(float(values[s]) for s in seeds)
     null = 1.0 if ratio else 0.0
