@@ -147,8 +147,8 @@ def fewer_nfe(plan: Plan, frame: pd.DataFrame, ot: str | None, vp: str | None,
               who: str) -> Claim:
     tols = sorted(frame.get(param_column("eval.tol"), pd.Series(dtype=object)).dropna().unique())
     at = f", dopri5 at tol {', '.join(tols)}" if tols else ", dopri5"
-    statement = (f"The OT path needs fewer NFE than the VP path ({who}{at}; effect: per-seed ratio "
-                 "NFE(OT)/NFE(VP), no effect = 1).")
+    statement = (f"The OT path needs fewer NFE than the VP path ({who}{at}; effect: per-seed "
+                 "ratio NFE(OT)/NFE(VP), no effect = 1).")
 
     def effect(dataset: str) -> Effect | None:
         a, b = _finals(frame, ot, dataset, "nfe"), _finals(frame, vp, dataset, "nfe")
