@@ -99,7 +99,8 @@ def test_figure_axes_name_the_pipeline(built):
     else:
         curve = "FID (mixed pipelines: clean, 500; legacy_tensorflow, 500)"
         final = "FID (mixed pipelines: clean, 2k; legacy_tensorflow, 2k)"
-    # panels: euler (FID-vs-NFE samples), dopri5 (final FID samples), numerical error
-    assert efficiency_digits[:2] == [curve, final]
+    # rows of quality panels share the first column's label (the FID-vs-NFE samples: dopri5 is a
+    # curve over tolerances drawn from those samples too), then the numerical-error panel
+    assert efficiency_digits[:2] == [curve, "MSE per dim vs dopri5 at 1e-7"]
     assert training_digits[1] == final
     assert labels[0][0] == "W2 (data units)"  # 2-D data: no pipeline to name
