@@ -1,5 +1,5 @@
 """The README's commands, run as written: the first command from the root of a fresh clone (slow:
-the smoke suite trains 24 trials), then the report to relative, ``./``, ``../`` and ``~/`` folders,
+the smoke suite trains 72 trials), then the report to relative, ``./``, ``../`` and ``~/`` folders,
 and its cheap example commands from the repository root. Commands are parsed from README.md's
 fenced blocks, so editing the README changes what is tested."""
 
@@ -85,10 +85,10 @@ def test_readme_validate_plan_list_and_trial_help(cheap):
     _, ran = cheap
     for name in ("validate", "plan", "list", "trial --help"):
         assert ran[name][1].returncode == 0, _shown(ran[name][1])
-    assert ran["validate"][1].stdout.strip() == "suites/smoke.yaml: ok (24 trials)"
+    assert ran["validate"][1].stdout.strip() == "suites/smoke.yaml: ok (72 trials)"
     plan = ran["plan"][1].stdout.splitlines()
-    assert plan[0] == "suite smoke: 24 trials (8 methods x 3 datasets x 1 seeds)"
-    assert len(plan) == 2 + 24 and plan[2].startswith("fm-ot-8gaussians-s0 ")
+    assert plan[0] == "suite smoke: 72 trials (8 methods x 3 datasets x 3 seeds)"
+    assert len(plan) == 2 + 72 and plan[2].startswith("fm-ot-8gaussians-s0 ")
     listing = ran["list"][1].stdout
     assert all(f"{family}:" in listing for family in ("methods", "datasets", "solvers", "metrics"))
     assert "  fm-ot " in listing and "  moons " in listing
@@ -127,6 +127,27 @@ def _fresh_clone(dest: Path) -> None:
             dst.unlink()
 
 
+def _check_smoke_report(folder: Path) -> None:
+    """What the smoke report promises: three seeds in every cell of the comparison, an interval
+    and a verdict for every claim, and W2 against NFE for every solver, method and dataset."""
+    import pandas as pd
+
+    comparison = pd.read_csv(folder / "comparison.csv")
+    assert set(comparison["n"]) == {3}, comparison[comparison["n"] != 3]
+    assert comparison["ci95_low"].notna().all() and comparison["ci95_high"].notna().all()
+    claims = pd.read_csv(folder / "claims.csv")  # one line per cell
+    verdicts = claims.loc[claims["column"] == "Verdict", "text"]
+    assert len(verdicts) == 3
+    assert verdicts.str.match(r"holds|does not hold|mixed|inconclusive").all(), verdicts
+    for evidence in claims.loc[claims["column"] == "Evidence", "text"]:
+        assert evidence.count("95% interval") == 3, evidence  # one per dataset
+    curves = pd.read_csv(folder / "efficiency.csv")
+    w2 = curves[curves["metric"] == "w2"]
+    cells = w2.groupby(["method", "dataset"])["solver"].agg(set)
+    assert len(cells) == 8 * 3 and all(s == {"euler", "midpoint", "rk4", "dopri5"} for s in cells)
+    assert (w2.groupby(["method", "dataset"])["seed"].nunique() == 3).all()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_readme_first_command_from_a_fresh_clone(tmp_path):
@@ -149,7 +170,8 @@ def test_readme_first_command_from_a_fresh_clone(tmp_path):
     assert (clone / "mlflow.db").is_file()
     assert (clone / "reports" / "smoke" / "index.html").is_file()
     assert proc.stdout.strip().splitlines()[-1] == str(clone / "reports" / "smoke" / "index.html")
-    assert "24 finished, 0 failed" in proc.stdout
+    assert "72 finished, 0 failed" in proc.stdout
+    _check_smoke_report(clone / "reports" / "smoke")
 
     for out, where in (("rep1", clone / "rep1"), ("./rep2", clone / "rep2"),
                        (f"../{clone.name}-rep3", tmp_path / f"{clone.name}-rep3"),

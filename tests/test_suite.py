@@ -40,14 +40,15 @@ def one_key(tmp_path, extra, name="s.yaml"):
 
 # -- the smoke suite -----------------------------------------------------------------------------
 
-def test_smoke_suite_is_every_method_on_two_datasets():
+def test_smoke_suite_is_every_method_on_three_datasets_and_three_seeds():
     suite = load_suite(SUITES / "smoke.yaml")
     trials = suite.trials()
-    assert len(trials) == 24
-    assert len({t.key for t in trials}) == 24
+    assert len(trials) == 8 * 3 * 3 and suite.seeds == (0, 1, 2)  # paired seeds for the claims
+    assert len({t.key for t in trials}) == len(trials)
     assert {t.method.name for t in trials} == set(METHODS.names())
     assert {t.dataset.name for t in trials} == {"8gaussians", "moons", "circles"}
-    assert trials[0].name == "fm-ot-8gaussians-s0" and trials[1].name == "fm-ot-moons-s0"
+    assert [t.name for t in trials[:4]] == ["fm-ot-8gaussians-s0", "fm-ot-8gaussians-s1",
+                                            "fm-ot-8gaussians-s2", "fm-ot-moons-s0"]
     assert all(len(t.key) == 16 and int(t.key, 16) >= 0 for t in trials)
     assert suite.experiment == "smoke" and suite.tracking_uri is None
     assert suite.checkpoint_root == "~/.cache/fmbench/checkpoints"  # expanded at use, not at load

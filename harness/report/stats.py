@@ -16,7 +16,9 @@ CHUNK = 1_000
 """Resamples drawn at once: bounds memory at CHUNK x n indices however many seeds there are."""
 METHOD = (f"Intervals: {LEVEL:.0%} percentile bootstrap of the mean over paired seeds (ratios "
           f"on the log scale; {RESAMPLES:,} resamples, seed {SEED}); across datasets: one-sided "
-          "exact sign test.")
+          "exact sign test. With few seeds a percentile interval is narrower than its level (it "
+          "never leaves the range of the seeds' values): at n = 3 a verdict says the seeds agree "
+          "in direction, not that 95% confidence was reached.")
 """The sentence the report prints beside the claims."""
 
 
