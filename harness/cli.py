@@ -23,6 +23,7 @@ Examples:
   fmbench status suites/smoke.yaml
   fmbench ui
   fmbench list
+  fmbench check fm-ot
   fmbench trial --method fm-ot --dataset 8gaussians
   fmbench trial --method ddpm --dataset moons --steps 3000 --json
   fmbench trial --method fm-ot --dataset digits --steps 2000 --batch-size 128
@@ -186,7 +187,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     _add_trial(sub)
+    _add_check(sub)
     return parser
+
+
+def _add_check(sub) -> None:
+    p = sub.add_parser("check", help="run a method's conformance battery against Gaussian closed "
+                                     "forms (seconds, CPU)")
+    p.add_argument("method", help="a registered method name (see fmbench list)")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import this module first (it registers the method); repeatable")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option (a number), e.g. sigma_max=5; repeatable")
+
+
+def _import_plugins(modules: list[str]) -> None:
+    """Import plugin modules that register components; a failed import is one line naming it."""
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            raise ConfigError(f"plugin {module!r} failed to import: {type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+
+
+def cmd_check(args) -> int:
+    """One line per check; exit 1 if any fails."""
+    from harness.core.methods import build_method
+
+    _import_plugins(args.plugin)
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        try:
+            options[key] = float(value)
+        except ValueError:
+            raise ConfigError(f"--option {item!r}: expected KEY=NUMBER") from None
+        if not sep or not key:
+            raise ConfigError(f"--option {item!r}: expected KEY=NUMBER")
+    method = build_method(args.method, **options)  # a bad name or option: one line, exit 2
+    from harness.core.conformance import run_checks
+
+    results = run_checks(method)
+    for r in results:
+        print(r.line())
+    failed = [r.name for r in results if not r.passed]
+    print(f"{args.method}: {len(results) - len(failed)}/{len(results)} checks passed"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 def cmd_list(args) -> int:
@@ -462,7 +512,8 @@ def cmd_ui(args) -> int:
 
 
 COMMANDS = {"list": cmd_list, "trial": cmd_trial, "validate": cmd_validate, "plan": cmd_plan,
-            "run": cmd_run, "status": cmd_status, "report": cmd_report, "ui": cmd_ui}
+            "run": cmd_run, "status": cmd_status, "report": cmd_report, "ui": cmd_ui,
+            "check": cmd_check}
 
 
 def main(argv: list[str] | None = None) -> int:
