@@ -3,7 +3,7 @@
 A plugin is a Python module that registers components into the registries when it is imported
 (``METHODS.register(...)`` and friends). fmbench imports plugins from three places, in this order:
 
-1. the ``fmbench.plugins`` entry-point group of installed distributions: each value names a
+1. the ``fmbench_plugins`` entry-point group of installed distributions: each value names a
    module (``cosine = "my_pkg.cosine"``), imported once per process by :func:`ensure_loaded`,
    lazily, before the first registry lookup a user triggers (CLI, ``load_suite``, Ray tasks);
 2. a suite's ``plugins:`` list and ``fmbench trial --plugin``: module names, or paths to ``.py``
@@ -32,9 +32,10 @@ from typing import Any, Iterable, Mapping
 from harness.errors import HarnessError
 from harness.registry import BUILTIN, REGISTRIES, Entry, RegistrationError, registering_as
 
-ENTRY_POINT_GROUP = "fmbench.plugins"
+ENTRY_POINT_GROUP = "fmbench_plugins"
 """The one entry-point group fmbench reads: its values are modules, which register on import
-(one group, not one per registry: a module may register a method and the dataset it needs)."""
+(one group, not one per registry: a module may register a method and the dataset it needs).
+An underscore, not a dot: ``fmbench.`` starts the MLflow tags of :mod:`harness.run.record`."""
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _BUILTIN_MODULES = ("harness.core.methods", "harness.core.metrics", "harness.core.solvers",
                     "harness.datasets", "harness.models")
@@ -70,7 +71,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def ensure_loaded() -> None:
-    """fmbench's own components, then every ``fmbench.plugins`` entry point (once per process)."""
+    """fmbench's own components, then every :data:`ENTRY_POINT_GROUP` entry point (once per
+    process)."""
     for name in _BUILTIN_MODULES:
         importlib.import_module(name)
     if _STATE["entry_points"]:
