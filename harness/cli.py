@@ -196,28 +196,19 @@ def _add_check(sub) -> None:
                                      "forms (seconds, CPU)")
     p.add_argument("method", help="a registered method name (see fmbench list)")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import this module first (it registers the method); repeatable")
+                   help="a module name or .py file to import first (it registers the method); "
+                        "repeatable")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option (a number), e.g. sigma_max=5; repeatable")
-
-
-def _import_plugins(modules: list[str]) -> None:
-    """Import plugin modules that register components; a failed import is one line naming it."""
-    import importlib
-
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except Exception as exc:
-            raise ConfigError(f"plugin {module!r} failed to import: {type(exc).__name__}: "
-                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
 
 
 def cmd_check(args) -> int:
     """One line per check; exit 1 if any fails."""
     from harness.core.methods import build_method
 
-    _import_plugins(args.plugin)
+    from harness.plugins import load_plugins
+
+    load_plugins(args.plugin, "fmbench check --plugin")
     options = {}
     for item in args.option:
         key, sep, value = item.partition("=")
