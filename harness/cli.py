@@ -103,6 +103,9 @@ def _add_trial(sub) -> None:
                        epilog=EXAMPLES, formatter_class=_HelpWithDefaults)
     p.add_argument("--method", required=True, help="a method name (fmbench list)")
     p.add_argument("--dataset", required=True, help="a dataset name (fmbench list)")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import this module or .py file first (it registers components); "
+                        "repeatable")
     _setting(p, "trial", "seed", "seeds data, init, noise", type=int)
     _setting(p, "train", "steps", "optimizer steps", type=_positive(int))
     _setting(p, "train", "batch_size", "batch size", type=_positive(int))
@@ -183,8 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (127.0.0.1; anything else exposes the UI)")
 
-    p = sub.add_parser("list", help="list methods, datasets, models, solvers and metrics")
+    p = sub.add_parser("list", help="list methods, datasets, models, solvers and metrics, and "
+                                    "where each comes from")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import this module or .py file first; repeatable")
 
     _add_trial(sub)
     _add_check(sub)
@@ -236,19 +242,22 @@ def cmd_list(args) -> int:
     from harness.core.metrics import METRICS
     from harness.models import MODELS
     from harness.core.solvers import SOLVERS
+    from harness.plugins import describe_source, load_plugins
 
+    load_plugins(args.plugin, "fmbench list --plugin")
     families = {"methods": METHODS, "datasets": DATASETS, "models": MODELS, "solvers": SOLVERS,
                 "metrics": METRICS}
     if args.json:
         out = {k: [{"name": e.name, "summary": e.summary,
-                    **{m: v for m, v in e.meta.items() if isinstance(v, (str, int, float))}}
+                    **{m: v for m, v in e.meta.items() if isinstance(v, (str, int, float))},
+                    "source": describe_source(e.source)}
                    for e in reg.entries()] for k, reg in families.items()}
         print(json.dumps(out, indent=2))
         return 0
     for title, reg in families.items():
         print(f"{title}:")
         for e in reg.entries():
-            print(f"  {e.name:<16} {e.summary}")
+            print(f"  {e.name:<16} {e.summary}  [{describe_source(e.source)}]")
     return 0
 
 
@@ -261,17 +270,18 @@ def _trial_spec(args) -> TrialSpec:
     from harness.core.evaluate import EvalConfig
     from harness.core.methods import METHODS, build_method
     from harness.core.train import TrainConfig
+    from harness.plugins import load_plugins, plugins_of
     from harness.run.trial import TrialSpec
 
     if args.data_root is not None and not Path(args.data_root).expanduser().is_dir():
         raise DataError(f"data root {args.data_root} does not exist or is not a folder")
+    load_plugins(args.plugin, "fmbench trial --plugin")
     options = _given(args, "method")
     spec = TrialSpec(method=args.method, dataset=args.dataset, method_options=options,
                      data_root=args.data_root, download=not args.no_download,
                      train=TrainConfig(**_given(args, "train")),
-                     eval=EvalConfig(**_given(args, "eval")), **_given(args, "trial"))
-    METHODS.entry(spec.method)
-    DATASETS.entry(spec.dataset)
+                     eval=EvalConfig(**_given(args, "eval")), **_given(args, "trial"),
+                     plugins=plugins_of(METHODS.entry(args.method), DATASETS.entry(args.dataset)))
     if options:
         build_method(spec.method, **options)
     return spec

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+from harness.plugins import runtime_env as plugin_runtime_env
 from harness.run.ddp import train_parallel_task
 from harness.run.ray_session import RaySession, init_ray
 from harness.run.record import (State, TrialRun, TrialWriter, invocation_tags, invocation_totals,
@@ -305,7 +306,11 @@ class _Driver:
         # (data root, cache folder) with every task, and the tracking server's credentials (a
         # basic-auth server answers their logging with 401 otherwise; runbook: Security).
         env = {k: v for k, v in os.environ.items() if k.startswith("FMBENCH_") or k in CREDENTIALS}
-        self.runtime_env = {"runtime_env": {"env_vars": env}} if env else {}
+        runtime_env = {"env_vars": env} if env else {}
+        # Plugins the trials use travel with each task (py_modules), also to a Ray joined or
+        # started before this driver; tasks import them before resolving names (trial.prepare).
+        runtime_env.update(plugin_runtime_env(t.spec.plugins for t in suite.iter_trials()))
+        self.runtime_env = {"runtime_env": runtime_env} if runtime_env else {}
 
     def run(self, states: list[TrialState], existing: dict[str, TrialRun],
             started: float) -> SuiteSummary:

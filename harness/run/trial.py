@@ -21,6 +21,7 @@ from harness.core.methods import METHODS, build_method, default_method_options
 from harness.models import MODELS, build_model, default_model_for, model_options as model_defaults
 from harness.core.checkpoint import load_checkpoint, write_text_atomic
 from harness.errors import CheckpointError
+from harness.plugins import import_plugins
 from harness.core.methods import Method
 from harness.core.train import (CHECKPOINT_NAME, SINGLE, EvalHook, Parallel, Progress, TrainConfig,
                            TrainResult, train)
@@ -35,7 +36,9 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class TrialSpec:
-    """What to run. Options left empty take the registered defaults when resolved."""
+    """What to run. Options left empty take the registered defaults when resolved. ``plugins``:
+    the plugins (module -> version, :func:`harness.plugins.plugins_of`) that provide the method,
+    dataset or model; imported first wherever the trial runs, and part of its key."""
 
     method: str
     dataset: str
@@ -47,6 +50,7 @@ class TrialSpec:
     model_options: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    plugins: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -125,6 +129,8 @@ def resolve(spec: TrialSpec, dataset: Dataset) -> tuple[TrialSpec, dict[str, Any
         "train": asdict(resolved.train), "eval": asdict(resolved.eval),
         "harness_version": __version__, "science_version": SCIENCE_VERSION,
     }
+    if spec.plugins:  # only when used: a built-in trial's config (and params) stay as they were
+        config["plugins"] = dict(spec.plugins)
     return resolved, config
 
 
@@ -144,7 +150,9 @@ class PreparedTrial:
 
 
 def prepare(spec: TrialSpec) -> PreparedTrial:
-    """Validate names, load the data and resolve defaults (cheap next to training)."""
+    """Import the trial's plugins (a Ray worker has not yet), validate names, load the data and
+    resolve defaults (cheap next to training)."""
+    import_plugins(spec.plugins)
     METHODS.entry(spec.method)
     DATASETS.entry(spec.dataset)
     dataset = load_dataset(spec.dataset, seed=spec.seed, root=spec.data_root, download=spec.download)

@@ -24,6 +24,7 @@ from harness.core.evaluate import EvalConfig
 from harness.core.methods import METHODS, build_method, method_options
 from harness.models import MODELS, build_model, model_options
 from harness.models.embedding import check_time_scale
+from harness.plugins import ensure_loaded, load_plugin
 from harness.run.suite.checks import Check, describe_value, show_value
 from harness.run.suite.model import DatasetEntry, MethodEntry, Resources, Suite
 from harness.run.suite.reading import read_suite_file
@@ -44,11 +45,31 @@ MAX_EXPERIMENT = 200
 """Characters of an MLflow experiment name."""
 DEFAULT_CHECKPOINTS = "~/.cache/fmbench/checkpoints"
 
-TOP_KEYS = ("name", "description", "include", "methods", "datasets", "seeds", "max_trials",
-            "model", "training", "evaluation", "resources", "storage", "tracking")
+TOP_KEYS = ("name", "description", "include", "plugins", "methods", "datasets", "seeds",
+            "max_trials", "model", "training", "evaluation", "resources", "storage", "tracking")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 """Labels name sample and trial folders: no separators, and no leading dot (``..``, hidden)."""
+
+
+# -- plugins -------------------------------------------------------------------------------------
+
+def _plugins(c: Check, raw: dict) -> tuple[str, ...]:
+    """Import the modules ``plugins:`` names (module names, or .py files relative to the file
+    that lists them) before any name of the grid is looked up; returns their module names."""
+    items = raw.get("plugins")
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        c.fail(("plugins",), "must be a list of module names or .py files, got "
+               f"{describe_value(items)}")
+    base = os.path.dirname(c.origins.get(("plugins",), c.top))
+    names = []
+    for i, item in enumerate(items):
+        spec = c.text(item, ("plugins", i))
+        names.append(c.build(load_plugin, {"spec": spec, "origin": "suite", "base": base},
+                             ("plugins", i)).name)
+    return tuple(dict.fromkeys(names))
 
 
 # -- grid entries --------------------------------------------------------------------------------
@@ -251,6 +272,7 @@ def _suite(c: Check, raw: dict, shown: str) -> Suite:
     description = raw.get("description") or ""
     if not isinstance(description, str):
         c.fail(("description",), f"must be a string, got {describe_value(description)}")
+    plugins = _plugins(c, raw)
     methods = _grid(c, raw, "methods", _method, "label")
     datasets = _grid(c, raw, "datasets", _dataset, "name")
     seeds = _seeds(c, raw.get("seeds", [0]))
@@ -268,7 +290,8 @@ def _suite(c: Check, raw: dict, shown: str) -> Suite:
         _resources(c, res.get("eval"), ("resources", "eval")),
         c.text(storage.get("checkpoints", DEFAULT_CHECKPOINTS), ("storage", "checkpoints")),
         None if uri is None else c.text(uri, ("tracking", "uri")),
-        _experiment(c, tracking.get("experiment", name), ("tracking", "experiment")), raw)
+        _experiment(c, tracking.get("experiment", name), ("tracking", "experiment")), raw,
+        plugins)
 
 
 def _check_batch_splits(c: Check, suite: Suite) -> None:
@@ -291,7 +314,9 @@ def _check_methods_differ(c: Check, suite: Suite) -> None:
 
 
 def load_suite(path: str | os.PathLike) -> Suite:
-    """Read, merge (``include:``) and validate a suite file; raises :class:`SuiteError`."""
+    """Read, merge (``include:``) and validate a suite file; raises :class:`SuiteError` (or
+    :class:`~harness.plugins.PluginError` for a broken installed plugin)."""
+    ensure_loaded()
     raw, origins = read_suite_file(path)
     c = Check(os.fspath(path), origins)
     suite = _suite(c, raw, os.fspath(path))

@@ -15,6 +15,9 @@ from typing import Any, Iterator
 from harness import SCIENCE_VERSION
 from harness.datasets import DATASETS
 from harness.core.evaluate import EvalConfig
+from harness.core.methods import METHODS
+from harness.models import MODELS
+from harness.plugins import plugins_of
 from harness.core.train import TrainConfig
 from harness.run.trial import TrialSpec
 
@@ -94,6 +97,8 @@ class Suite:
     tracking_uri: str | None
     experiment: str
     source: dict[str, Any]
+    plugins: tuple[str, ...] = ()
+    """The modules the suite's ``plugins:`` loaded (entry-point plugins are not listed)."""
 
     @property
     def size(self) -> int:
@@ -114,12 +119,14 @@ class Suite:
                 model, options = self.models[d.kind]
                 train = self.train_resources if d.workers is None else \
                     replace(self.train_resources, workers=d.workers)
+                plugins = plugins_of(METHODS.entry(m.name), DATASETS.entry(d.name),
+                                     MODELS.entry(model))
                 for seed in self.seeds if seeds is None else seeds:
                     spec = TrialSpec(
                         method=m.name, dataset=d.name, seed=seed, method_options=dict(m.options),
                         data_root=d.root, download=d.download, model=model,
                         model_options=dict(options), train=replace(self.training, seed=seed),
-                        eval=replace(self.evaluation, seed=seed))
+                        eval=replace(self.evaluation, seed=seed), plugins=dict(plugins))
                     yield Trial(trial_key(spec), self.name, m, d, seed, spec, train,
                                 self.eval_resources)
 
@@ -130,13 +137,17 @@ def science_config(spec: TrialSpec) -> dict[str, Any]:
     Method options are the ones the suite spells out: omitted ones take defaults at trial time, some
     of them data-dependent (score-matching-ve's sigma_max), so filling them in here could give two
     different trials one key. Model options are fully resolved (defaults carry no data dependence).
+    The versions of the plugins the trial uses enter only when there are some, so built-in trials
+    keep their keys.
     """
+    extra = {"plugins": dict(spec.plugins)} if spec.plugins else {}
     return {
         "science_version": SCIENCE_VERSION, "method": spec.method,
         "method_options": dict(spec.method_options), "dataset": spec.dataset, "seed": spec.seed,
         "model": spec.model, "model_options": dict(spec.model_options),
         "train": {k: v for k, v in asdict(spec.train).items() if k not in NOT_SCIENCE["train"]},
         "eval": {k: v for k, v in asdict(spec.eval).items() if k not in NOT_SCIENCE["eval"]},
+        **extra,
     }
 
 
