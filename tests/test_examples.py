@@ -41,8 +41,9 @@ def test_cosine_path_is_nichol_dhariwal_alpha_bar(load):
     torch.testing.assert_close(path.alpha(t) ** 2, f(1 - t) / f(torch.zeros((), dtype=torch.float64)), rtol=1e-12,
                                atol=1e-15)
     torch.testing.assert_close(path.alpha(t) ** 2 + path.sigma(t) ** 2, torch.ones_like(t))
-    assert float(path.alpha(torch.tensor(0.0))) == pytest.approx(0.0, abs=1e-15)  # pure noise
-    assert float(path.sigma(torch.tensor(path.t_max))) < 1e-3
+    ends = torch.tensor([0.0, path.t_max], dtype=torch.float64)
+    assert float(path.alpha(ends)[0]) == pytest.approx(0.0, abs=1e-15)  # pure noise at t = 0
+    assert float(path.sigma(ends)[1]) < 1e-3
 
 
 def test_edm_noise_levels_are_karras_eq5(load):
