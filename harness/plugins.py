@@ -9,7 +9,7 @@ A plugin is a Python module that registers components into the registries when i
 2. a suite's ``plugins:`` list and ``fmbench trial --plugin``: module names, or paths to ``.py``
    files (relative to the suite file's folder, or to the working directory on the command line);
 3. on a Ray worker, the plugins a trial was keyed with (:func:`import_plugins`), which the driver
-   ships with each task (:func:`runtime_env`).
+   ships with each task (:func:`plugin_files`, :func:`harness.run.ray_session.ship_modules`).
 
 Each registration records its source (the plugin's module name; fmbench's own are
 ``harness``): a clash names both sources, and a trial's key carries the version of every plugin
@@ -320,14 +320,14 @@ def import_plugins(versions: Mapping[str, str]) -> None:
                               f"{_digest_of(version)}; this node imports another copy")
 
 
-def runtime_env(versions: Iterable[Mapping[str, str]]) -> dict[str, Any]:
-    """Ray runtime-environment fields that ship the plugins of ``versions`` (one mapping per
-    trial) to workers: ``py_modules`` with each plugin's file or package folder (Ray uploads it
-    and puts it on the workers' import path); empty when no trial uses a plugin."""
+def plugin_files(versions: Iterable[Mapping[str, str]]) -> list[str]:
+    """What ships the plugins of ``versions`` (one mapping per trial) to workers: each plugin's
+    file or package folder, once (Ray's ``py_modules`` puts them on the workers' import path);
+    empty when no trial uses a plugin."""
     paths: list[str] = []
     for mapping in versions:
         for name in mapping:
             plugin = _LOADED.get(name) or _load(name, "imported directly")
             if plugin.path not in paths:
                 paths.append(plugin.path)
-    return {"py_modules": paths} if paths else {}
+    return paths

@@ -88,6 +88,27 @@ def init_ray(address: str | None = None, timeout: float | None = None, **kwargs)
     return RaySession()
 
 
+def ship_modules(paths: list[str]) -> list[str]:
+    """Upload Python modules (``.py`` files, package folders) to the cluster Ray is connected
+    to, and return the ``py_modules`` URIs a task's runtime environment names them by: every
+    node that runs the task fetches them and imports from them. Ray takes local paths only in
+    ``ray.init`` (the job level), too late for a Ray joined before the driver knew its plugins
+    (a test's cluster, a notebook's); this is the upload ``ray.init`` does for them."""
+    import inspect
+    import logging
+    import tempfile
+
+    from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+
+    options: dict[str, Any] = {"logger": logging.getLogger(__name__)}
+    if "include_gitignore" in inspect.signature(upload_py_modules_if_needed).parameters:
+        options["include_gitignore"] = True  # as ray.init: a plugin's ignored files stay home
+    with tempfile.TemporaryDirectory(prefix="fmbench-ship-") as scratch:
+        env = upload_py_modules_if_needed({"py_modules": list(paths)}, scratch_dir=scratch,
+                                          **options)
+    return list(env["py_modules"])
+
+
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 """A gRPC client's first bytes (connection preface and an empty SETTINGS frame, RFC 9113 §3.4):
 Ray's GCS (and its client server) answer with a SETTINGS frame of their own."""

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from harness.plugins import runtime_env as plugin_runtime_env
+from harness.plugins import plugin_files
 from harness.run.ddp import train_parallel_task
-from harness.run.ray_session import RaySession, init_ray
+from harness.run.ray_session import RaySession, init_ray, ship_modules
 from harness.run.record import (State, TrialRun, TrialWriter, invocation_tags, invocation_totals,
                             trial_runs)
 from harness.run.tasks import eval_task, shard_task, train_task
@@ -306,11 +306,9 @@ class _Driver:
         # (data root, cache folder) with every task, and the tracking server's credentials (a
         # basic-auth server answers their logging with 401 otherwise; runbook: Security).
         env = {k: v for k, v in os.environ.items() if k.startswith("FMBENCH_") or k in CREDENTIALS}
-        runtime_env = {"env_vars": env} if env else {}
-        # Plugins the trials use travel with each task (py_modules), also to a Ray joined or
-        # started before this driver; tasks import them before resolving names (trial.prepare).
-        runtime_env.update(plugin_runtime_env(t.spec.plugins for t in suite.iter_trials()))
-        self.runtime_env = {"runtime_env": runtime_env} if runtime_env else {}
+        self.runtime_env = {"runtime_env": {"env_vars": env}} if env else {}
+        # The files of the plugins the trials use, shipped with every task once Ray is up (run).
+        self.plugin_files = plugin_files(t.spec.plugins for t in suite.iter_trials())
 
     def run(self, states: list[TrialState], existing: dict[str, TrialRun],
             started: float) -> SuiteSummary:
@@ -327,6 +325,9 @@ class _Driver:
         if todo and not ray.is_initialized():  # work appeared while this driver waited
             joined = init_ray(self.address, self.timeout)
             self.session.started, self.session.watchdog = joined.started, joined.watchdog
+        if todo and self.plugin_files:  # tasks import them before resolving names (prepare)
+            self.runtime_env.setdefault("runtime_env", {})["py_modules"] = ship_modules(
+                self.plugin_files)
         for state in todo:
             self._open(state, existing.get(state.trial.key))
             self.waiting.append(("training", state))
