@@ -324,3 +324,19 @@ def test_a_suite_plugin_ships_to_workers_that_cannot_import_it(ray_cluster, mlfl
     for metric in ("nfe", "nll", "w2"):
         assert record.final(metric) in run.data.metrics
 
+
+
+def test_a_plugin_solver_in_the_evaluation_keys_every_trial(tmp_path):
+    _module(tmp_path, "fmbtest_solver", textwrap.dedent('''\
+        from harness.core.solvers import SOLVERS, SolverSpec
+        SOLVERS.register("fmbtest-euler", SolverSpec("fmbtest-euler", "euler", 1),
+                         summary="Euler under another name")
+        '''))
+    path = _write_suite(tmp_path, "solver", "rectified-flow", "[fmbtest_solver.py]")
+    path.write_text(path.read_text().replace("nfe_budgets: [4]",
+                                             "nfe_budgets: [4], solvers: [fmbtest-euler]"))
+    version = None
+    for trial in load_suite(path).trials():
+        version = plugins.loaded("fmbtest_solver").version
+        assert trial.spec.plugins == {"fmbtest_solver": version}, trial.name
+    assert version is not None

@@ -38,7 +38,8 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 class TrialSpec:
     """What to run. Options left empty take the registered defaults when resolved. ``plugins``:
     the plugins (module -> version, :func:`harness.plugins.plugins_of`) that provide the method,
-    dataset or model; imported first wherever the trial runs, and part of its key."""
+    dataset, model or an evaluation solver; imported first wherever the trial runs, and part of
+    its key."""
 
     method: str
     dataset: str

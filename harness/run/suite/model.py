@@ -16,6 +16,7 @@ from harness import SCIENCE_VERSION
 from harness.datasets import DATASETS
 from harness.core.evaluate import EvalConfig
 from harness.core.methods import METHODS
+from harness.core.solvers import SOLVERS
 from harness.models import MODELS
 from harness.plugins import plugins_of
 from harness.core.train import TrainConfig
@@ -114,13 +115,14 @@ class Suite:
                     seeds: tuple[int, ...] | None = None) -> Iterator[Trial]:
         """The trials of :meth:`trials` one at a time (``plan`` prints them as they come), or of
         a sub-grid when ``methods``, ``datasets`` or ``seeds`` are given."""
+        solvers = [SOLVERS.entry(s) for s in self.evaluation.solvers]  # their numbers, too
         for m in self.methods if methods is None else methods:
             for d in self.datasets if datasets is None else datasets:
                 model, options = self.models[d.kind]
                 train = self.train_resources if d.workers is None else \
                     replace(self.train_resources, workers=d.workers)
                 plugins = plugins_of(METHODS.entry(m.name), DATASETS.entry(d.name),
-                                     MODELS.entry(model))
+                                     MODELS.entry(model), *solvers)
                 for seed in self.seeds if seeds is None else seeds:
                     spec = TrialSpec(
                         method=m.name, dataset=d.name, seed=seed, method_options=dict(m.options),
