@@ -53,6 +53,8 @@ class GaussianData:
             return self.velocity(method.path, t, x)
         if method.prediction == "score" and getattr(method, "output", None) == "score":
             return self.score(method.path, t, x)
+        if method.prediction not in ("epsilon", "score"):  # a plugin's own parameterisation
+            raise ValueError(f"no closed form for prediction {method.prediction!r}")
         # epsilon networks output E[x0|x]; scaled score networks output n with score = -n / sigma.
         return self.epsilon(method.path, t, x)
 
