@@ -76,6 +76,7 @@ def trial_config(trial: Trial, method: dict[str, Any]) -> dict[str, Any]:
         "train": asdict(spec.train), "eval": asdict(spec.eval),
         "resources": {"train": asdict(trial.train_resources),
                       "eval": asdict(trial.eval_resources)},
+        **({"plugins": dict(spec.plugins)} if spec.plugins else {}),  # as config.json: if used
     }
 
 
