@@ -180,3 +180,26 @@ def test_readme_first_command_from_a_fresh_clone(tmp_path):
         assert proc.returncode == 0, f"--out {out}\n{_shown(proc)}"
         assert proc.stdout.strip() == str(where / "index.html")
         assert (where / "index.html").is_file() and (where / "report.md").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_readme_your_own_method_from_a_fresh_clone(tmp_path):
+    """The "Your own method" block, every command as written, from a fresh clone's root with the
+    default stores: the conformance check of a plugin method, then its suite and report."""
+    (block,) = [b for b in _blocks() if "fmbench run examples/suite.yaml" in b]
+    assert [c.split()[1] for c in block] == ["check", "run", "report"]
+    clone = tmp_path / "fmbench"
+    _fresh_clone(clone)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = _env(PYTHONPATH=str(clone), HOME=str(home))
+    for command in block:
+        proc = _bash(command, clone, env, 1200)
+        assert proc.returncode == 0, f"{command}\n{_shown(proc)}"
+    import pandas as pd
+
+    comparison = pd.read_csv(clone / "reports" / "examples" / "comparison.csv")
+    assert {"fm-cosine", "edm"} <= set(comparison["row_key"])
+    nfe = comparison[comparison["column"] == "NFE"]
+    assert len(nfe) == 4 * 2 and (nfe["n"].fillna(0) == 1).all(), nfe  # every trial finished
