@@ -397,6 +397,7 @@ def _fmt_metric(value) -> str:
 
 
 def cmd_run(args) -> int:
+    from harness.core.storage import check_reachable
     from harness.run.scheduler import run_suite
     from harness.run.suite import load_suite
     from harness.run.tracking import Tracker
@@ -404,6 +405,7 @@ def cmd_run(args) -> int:
     suite = load_suite(args.suite)
     tracker = Tracker(args.tracking_uri or suite.tracking_uri, suite.experiment)
     tracker.check_writable()  # a damaged store: one line before anything is printed
+    check_reachable(args.storage or suite.checkpoint_root)  # so is an object store that is away
     print(f"suite {suite.name}: {suite.size} trials", file=sys.stderr)
     summary = run_suite(suite, address=args.address, tracker=tracker,
                         storage=args.storage, force=args.force, wait=args.wait,

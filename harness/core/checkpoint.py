@@ -1,4 +1,6 @@
 """Atomic, safe checkpoints: written to a temporary file and renamed, loaded with weights_only.
+A path may also be an object-storage URI (:mod:`harness.core.storage`): the same checks run on
+the object's bytes.
 
 A crash mid-write leaves the previous checkpoint intact; a corrupt or truncated file gives one
 clear :class:`~harness.errors.CheckpointError` instead of a pickle traceback.
@@ -7,6 +9,7 @@ clear :class:`~harness.errors.CheckpointError` instead of a pickle traceback.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import pickle
 import shutil
@@ -17,12 +20,18 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
+from harness.core import storage
 from harness.errors import CheckpointError
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path | str:
     """Write through ``write`` into a temporary file beside ``path``, fsync, then rename it over
-    ``path``: readers see the old file or the new one, never half of one."""
+    ``path``: readers see the old file or the new one, never half of one. A URI gets the whole
+    serialised bytes published at once (:func:`harness.core.storage.publish`)."""
+    if storage.is_uri(path):
+        buffer = io.BytesIO()
+        write(buffer)
+        return storage.publish(path, buffer.getvalue())
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -69,33 +78,32 @@ def _disk_full(exc: BaseException, folder: Path) -> str:
     return ""
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path | str:
     """Write ``state`` (tensors, numbers, strings, lists, dicts) to ``path`` atomically."""
     return _atomic_write(path, lambda f: torch.save(state, f))
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path | str:
     """Replace a small text file (a config, a result) atomically."""
     return _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`; refuses anything but plain data."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    size = path.stat().st_size
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is damaged
+    path = path if storage.is_uri(path) else Path(path)
+    source = _open_checkpoint(path)
+    size = source.getbuffer().nbytes if isinstance(source, io.BytesIO) else path.stat().st_size
+    if not zipfile.is_zipfile(_start(source)):  # torch.save writes a zip archive; anything else is damaged
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated (not a PyTorch zip "
                               f"archive, {size} bytes)")
     try:  # torch does not check the archive's CRCs: damaged tensor bytes would load silently
-        damaged = zipfile.ZipFile(path).testzip()
+        damaged = zipfile.ZipFile(_start(source)).testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         damaged = str(exc) or type(exc).__name__
     if damaged is not None:
         raise CheckpointError(f"checkpoint {path} is corrupt (damaged member {damaged})")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(_start(source), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only refused a global: code, not data
         refused = next((line.strip() for line in str(exc).splitlines()
                         if "GLOBAL" in line or "global" in line.split("weights_only")[0]),
@@ -108,3 +116,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} does not hold a state dictionary")
     return state
+
+
+def _open_checkpoint(path: Path | str) -> Path | io.BytesIO:
+    """A local checkpoint's path, or an object's bytes read once (every check reads them)."""
+    try:
+        if storage.is_uri(path):
+            return io.BytesIO(storage.read_bytes(path))
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # the store did not answer
+        raise CheckpointError(f"checkpoint {path} cannot be read ({storage.first_line(exc)})"
+                              ) from None
+    else:
+        if path.is_file():
+            return path
+    raise CheckpointError(f"checkpoint {path} does not exist")
+
+
+def _start(source: Path | io.BytesIO) -> Path | io.BytesIO:
+    """``source`` read from its beginning again (each check reads the in-memory bytes anew)."""
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    return source

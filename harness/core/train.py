@@ -24,6 +24,7 @@ from typing import Callable, ClassVar
 import torch
 from torch import nn
 
+from harness.core import storage
 from harness.core.checkpoint import load_checkpoint, save_checkpoint
 from harness.datasets import Dataset
 from harness.errors import CheckpointError, ConfigError, DivergenceError
@@ -354,8 +355,8 @@ def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
     distributed = parallel.world_size > 1
     block = parallel.block(cfg.batch_size) if distributed else None
     run = _Run.start(net, cfg, device)
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
-    if ckpt_path is not None and ckpt_path.exists():
+    ckpt_path = storage.join(checkpoint_dir, CHECKPOINT_NAME) if checkpoint_dir else None
+    if ckpt_path is not None and storage.exists(ckpt_path):
         run.resume(ckpt_path, cfg, device)
     if distributed:  # every rank, with or without a checkpoint: this is a collective
         _check_same_step(run.step, device, ckpt_path)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from harness.core import storage as stores
 from harness.errors import ConfigError, DivergenceError, HarnessError
 from harness.run.tasks import train_logged
 from harness.run.tracking import RunLogger
@@ -38,6 +39,12 @@ def train_parallel_task(spec, checkpoint_dir: str, logger: RunLogger, resources)
     coordinates (it holds no resources), the workers hold ``resources`` each."""
     return train_distributed(spec, checkpoint_dir, logger, workers=resources.workers,
                              cpus_per_worker=resources.cpus, gpus_per_worker=resources.gpus)
+
+
+def _train_storage(checkpoint_dir: str) -> str:
+    """Ray Train's storage_path: an object-storage URI as it is (Ray Train resolves it through
+    pyarrow.fs as fmbench does), a local folder made absolute."""
+    return checkpoint_dir if stores.is_uri(checkpoint_dir) else str(Path(checkpoint_dir).resolve())
 
 
 def train_distributed(spec, checkpoint_dir: str, logger: RunLogger, *, workers: int,
@@ -60,7 +67,7 @@ def train_distributed(spec, checkpoint_dir: str, logger: RunLogger, *, workers: 
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=RAY_TRAIN_FOLDER,
-                             storage_path=str(Path(checkpoint_dir).resolve()),
+                             storage_path=_train_storage(checkpoint_dir),
                              failure_config=FailureConfig(max_failures=WORKER_RETRIES)))
     try:
         value = trainer.fit().return_value

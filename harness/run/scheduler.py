@@ -12,7 +12,6 @@ trial state, and how the driver writes it, is :mod:`harness.run.record`'s.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 import time
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+from harness.core import storage as stores
 from harness.plugins import plugin_files
 from harness.run.ddp import train_parallel_task
 from harness.run.ray_session import RaySession, init_ray, ship_modules
@@ -112,8 +112,10 @@ class SuiteSummary:
         return self.count("failed") == 0 and self.count("killed") == 0
 
 
-def _checkpoint_dir(storage: str, suite_name: str, key: str) -> Path:
-    return Path(storage).expanduser() / suite_name / key
+def _checkpoint_dir(storage: str, suite_name: str, key: str) -> Path | str:
+    """The trial's folder: a local path, or a key prefix under an object-storage URI."""
+    return stores.join(stores.folder(storage) if stores.is_uri(storage)
+                       else Path(storage).expanduser(), suite_name, key)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -220,6 +222,7 @@ def run_suite(suite, *, address: str | None = None, tracking_uri: str | None = N
     created, so a cluster that does not answer leaves nothing behind in MLflow."""
     from harness.run.invocation import acquire
 
+    stores.check_reachable(storage or suite.checkpoint_root)  # a store that does not answer: one line
     tracker = _open_store(suite, tracker or Tracker(tracking_uri or suite.tracking_uri,
                                                     suite.experiment), wait, stream)
     storage = storage or suite.checkpoint_root
@@ -305,7 +308,9 @@ class _Driver:
         # Workers on other nodes do not see the driver's environment: pass fmbench's own settings
         # (data root, cache folder) with every task, and the tracking server's credentials (a
         # basic-auth server answers their logging with 401 otherwise; runbook: Security).
-        env = {k: v for k, v in os.environ.items() if k.startswith("FMBENCH_") or k in CREDENTIALS}
+        # The object store's standard variables travel the same way (--storage s3://...).
+        env = {k: v for k, v in os.environ.items()
+               if k.startswith("FMBENCH_") or k in CREDENTIALS or k in stores.ENVIRONMENT}
         self.runtime_env = {"runtime_env": {"env_vars": env}} if env else {}
         # The files of the plugins the trials use, shipped with every task once Ray is up (run).
         self.plugin_files = plugin_files(t.spec.plugins for t in suite.iter_trials())
@@ -349,7 +354,7 @@ class _Driver:
         resumes from its checkpoint), else a new one; ``force`` starts over from scratch."""
         t = state.trial
         if self.force:
-            shutil.rmtree(_checkpoint_dir(self.storage, self.suite.name, t.key), ignore_errors=True)
+            stores.remove_tree(_checkpoint_dir(self.storage, self.suite.name, t.key))
         if run is not None and not self.force:
             state.writer = TrialWriter.reopen(self.tracker, run, t, self.parent.run_id)
             state.stale_reason = run.reason is not None  # cleared once the trial finishes

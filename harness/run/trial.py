@@ -19,6 +19,7 @@ from harness.datasets import DATASETS, Dataset, load_dataset
 from harness.core.evaluate import EvalConfig, EvalResult, evaluate
 from harness.core.methods import METHODS, build_method, default_method_options
 from harness.models import MODELS, build_model, default_model_for, model_options as model_defaults
+from harness.core import storage
 from harness.core.checkpoint import load_checkpoint, write_text_atomic
 from harness.errors import CheckpointError
 from harness.plugins import import_plugins
@@ -166,11 +167,12 @@ def train_trial(prep: PreparedTrial, out_dir: str | Path, *, device: torch.devic
                 parallel: Parallel = SINGLE) -> TrainResult:
     """Write the resolved config, then train (resuming from ``out_dir``'s checkpoint if any).
     ``parallel``: this process's rank of a data-parallel run (rank 0 writes the files)."""
-    out = Path(out_dir)
-    config = out / "config.json"
-    if (out / CHECKPOINT_NAME).exists() and config.exists():
-        _check_same_network(out, json.loads(config.read_text()), prep.config)
-    if parallel.main and (not (out / CHECKPOINT_NAME).exists() or not config.exists()):
+    out = storage.folder(out_dir)
+    config = storage.join(out, "config.json")
+    trained = storage.exists(storage.join(out, CHECKPOINT_NAME))
+    if trained and storage.exists(config):
+        _check_same_network(out, json.loads(storage.read_bytes(config)), prep.config)
+    if parallel.main and (not trained or not storage.exists(config)):
         # A resumed run keeps the config it started with: a mismatched rerun fails on the
         # checkpoint without overwriting what describes the finished work.
         extra = {"train_workers": parallel.world_size} if parallel.world_size > 1 else {}
@@ -180,14 +182,14 @@ def train_trial(prep: PreparedTrial, out_dir: str | Path, *, device: torch.devic
                  checkpoint_dir=out, progress=progress, on_eval=on_eval, parallel=parallel)
 
 
-def _check_same_network(out: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+def _check_same_network(out: Path | str, old: dict[str, Any], new: dict[str, Any]) -> None:
     """Refuse a checkpoint whose network means something else: same weight shapes but another
     science version or model option (e.g. a time_scale-1000 checkpoint from science version 2)
     would load silently and give wrong numbers."""
     fields = ("science_version", "model", "model_options")
     was, now = ({k: c.get(k) for k in fields} for c in (old, new))
     if json.dumps(was, sort_keys=True, default=str) != json.dumps(now, sort_keys=True, default=str):
-        raise CheckpointError(f"checkpoint {out / CHECKPOINT_NAME} was written for another network "
+        raise CheckpointError(f"checkpoint {storage.join(out, CHECKPOINT_NAME)} was written for another network "
                               f"(science_version {was['science_version']}, model_options "
                               f"{was['model_options']}); remove {out} or choose another --out")
 
@@ -195,7 +197,7 @@ def _check_same_network(out: Path, old: dict[str, Any], new: dict[str, Any]) -> 
 def load_trained(prep: PreparedTrial, out_dir: str | Path,
                  device: torch.device | str = "cpu") -> torch.nn.Module:
     """The EMA network of a finished training run, read from its checkpoint (for eval tasks)."""
-    path = Path(out_dir) / CHECKPOINT_NAME
+    path = storage.join(out_dir, CHECKPOINT_NAME)
     state = load_checkpoint(path, map_location=device)
     if int(state.get("step", -1)) < prep.spec.train.steps:
         raise CheckpointError(f"checkpoint {path} is at step {state.get('step')}, "

@@ -1,0 +1,212 @@
+"""Checkpoints on object storage, against a real S3 protocol server (moto's) on 127.0.0.1: atomic
+publish, checked loads, resumption, one-line errors for a damaged object or an unreachable
+endpoint, and the code-identity guard of Ray tasks."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from harness.core import storage
+from harness.core.checkpoint import load_checkpoint, save_checkpoint
+from harness.errors import CheckpointError
+
+pytest.importorskip("moto", reason="moto[server] (the dev extra) runs the S3 test server")
+pytest.importorskip("boto3")
+
+BUCKET = "fmbench-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """moto's S3 server as a subprocess on loopback, with one bucket; yields its endpoint URL."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "moto did not start"
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """The standard AWS variables pointed at the test server (dummy credentials); a fresh bucket."""
+    for name, value in {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    import boto3
+
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=BUCKET)
+    yield client
+    for obj in client.list_objects_v2(Bucket=BUCKET).get("Contents", []):
+        client.delete_object(Bucket=BUCKET, Key=obj["Key"])
+    client.delete_bucket(Bucket=BUCKET)
+
+
+def _keys(client, prefix: str = "") -> list[str]:
+    """The objects under ``prefix``, without the empty "folder/" markers pyarrow leaves."""
+    return sorted(o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+                  .get("Contents", []) if not o["Key"].endswith("/"))
+
+
+def test_uris_and_paths_are_told_apart():
+    assert storage.is_uri("s3://b/p") and storage.is_uri("gs://b/p")
+    assert not storage.is_uri("/tmp/x") and not storage.is_uri("relative/s3:")
+    assert storage.join("s3://b/p/", "suite", "key") == "s3://b/p/suite/key"
+    assert str(storage.join("/tmp/x", "suite")) == "/tmp/x/suite"
+
+
+def test_checkpoint_round_trip_publishes_one_object_and_no_temporary_key(s3):
+    uri = f"s3://{BUCKET}/ckpt/suite/key/checkpoint.pt"
+    state = {"step": 7, "w": torch.arange(6.0).reshape(2, 3), "name": "x"}
+    save_checkpoint(uri, state)
+    save_checkpoint(uri, {**state, "step": 8})  # replaced whole
+    assert _keys(s3) == ["ckpt/suite/key/checkpoint.pt"]  # the temporary key was moved away
+    back = load_checkpoint(uri)
+    assert back["step"] == 8 and back["name"] == "x" and torch.equal(back["w"], state["w"])
+
+
+def test_a_failed_upload_leaves_the_previous_object_intact(s3, monkeypatch):
+    uri = f"s3://{BUCKET}/ckpt/checkpoint.pt"
+    save_checkpoint(uri, {"step": 1})
+
+    def boom(buffer):
+        buffer.write(b"half a checkpoint")
+        raise RuntimeError("killed mid-write")
+
+    from harness.core import checkpoint
+
+    with pytest.raises(RuntimeError):
+        checkpoint._atomic_write(uri, boom)
+    assert load_checkpoint(uri)["step"] == 1 and _keys(s3) == ["ckpt/checkpoint.pt"]
+
+
+def test_training_resumes_from_the_object_store_as_if_never_stopped(s3, tmp_path):
+    """30 steps straight on local disk == 20 steps to s3://, then a fresh process-like restart
+    that finds the step-20 checkpoint there and trains the last 10 (bitwise, as on disk)."""
+    from harness.core.methods import build_method
+    from harness.core.train import TrainConfig, train
+    from harness.datasets import load_dataset
+    from harness.models import build_model
+
+    cfg = TrainConfig(steps=30, batch_size=32, warmup_steps=5, checkpoint_every=10, log_every=5,
+                      ema_decay=0.9)
+
+    def fresh():
+        torch.manual_seed(0)
+        ds = load_dataset("8gaussians", seed=0)
+        return build_method("ot-cfm"), ds, build_model("mlp", ds.shape, hidden=32, depth=2)
+
+    full = train(*fresh(), cfg, checkpoint_dir=tmp_path / "full")
+    folder = f"s3://{BUCKET}/ckpt/resume"
+    part = train(*fresh(), cfg, checkpoint_dir=folder, stop_after=20)
+    assert part.step == 20 and load_checkpoint(f"{folder}/checkpoint.pt")["step"] == 20
+    resumed = train(*fresh(), cfg, checkpoint_dir=folder)
+    assert resumed.resumed_from == 20 and resumed.step == 30
+    for a, b in zip(full.ema.state_dict().values(), resumed.ema.state_dict().values()):
+        assert torch.equal(a, b)
+    assert full.losses == resumed.losses
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "garbage"])
+def test_a_damaged_object_is_one_line_naming_the_uri(s3, damage):
+    uri = f"s3://{BUCKET}/ckpt/bad/checkpoint.pt"
+    buffer = io.BytesIO()
+    torch.save({"step": 3, "w": torch.ones(1000)}, buffer)
+    data = bytearray(buffer.getvalue())
+    if damage == "flip":  # inside the tensor bytes: only the CRC check can notice
+        at = data.find(b"\x00\x00\x80?")  # float32 1.0
+        assert at > 0
+        data[at + 3] ^= 0x01
+    elif damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data = bytearray(b"not a checkpoint")
+    s3.put_object(Bucket=BUCKET, Key="ckpt/bad/checkpoint.pt", Body=bytes(data))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(uri)
+    message = str(info.value)
+    assert "\n" not in message and uri in message and ("corrupt" in message)
+
+
+def test_a_missing_object_is_one_line(s3):
+    with pytest.raises(CheckpointError, match=r"checkpoint s3://\S+/none/checkpoint.pt does not"):
+        load_checkpoint(f"s3://{BUCKET}/none/checkpoint.pt")
+
+
+def test_a_missing_bucket_is_one_line_before_scheduling(s3):
+    with pytest.raises(storage.StorageError, match="bucket 'no-such-bucket' does not exist"):
+        storage.check_reachable("s3://no-such-bucket/ckpt")
+    storage.check_reachable(f"s3://{BUCKET}/ckpt")  # the one that exists passes
+
+
+def test_an_unreachable_endpoint_fails_fmbench_run_in_one_line(tmp_path, monkeypatch, capsys):
+    """Nothing listens on the port: ``fmbench run`` exits 2 with one line naming the URI and the
+    endpoint, before it starts Ray or creates a run."""
+    from harness.cli import main
+    from tests.helpers import error_line
+    from tests.test_reliability import _write
+
+    endpoint = f"http://127.0.0.1:{_free_port()}"
+    for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    suite = _write(tmp_path, "away")
+    db = tmp_path / "mlflow.db"
+    code = main(["run", str(suite), "--tracking-uri", f"sqlite:///{db}",
+                 "--storage", f"s3://{BUCKET}/ckpt"])
+    line = error_line(capsys)
+    assert code == 2
+    assert f"storage s3://{BUCKET}/ckpt is unreachable (endpoint {endpoint})" in line
+    from mlflow import MlflowClient
+
+    exp = MlflowClient(f"sqlite:///{db}").get_experiment_by_name("away")
+    assert exp is None or not MlflowClient(f"sqlite:///{db}").search_runs([exp.experiment_id])
+
+
+def test_credentials_and_endpoint_reach_ray_tasks_with_fmbench_settings(monkeypatch):
+    """The driver passes the object store's standard variables to its tasks, as it passes
+    FMBENCH_*; other variables stay home."""
+    from harness.run.scheduler import _Driver
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("FMBENCH_DATA", "/data")
+    monkeypatch.setenv("UNRELATED_SECRET", "x")
+
+    class Suite:
+        def iter_trials(self):
+            return []
+
+    driver = _Driver(Suite(), None, None, "s3://b", False, "c", io.StringIO(), address=None,
+                     timeout=None, session=None)
+    env = driver.runtime_env["runtime_env"]["env_vars"]
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1" and env["AWS_SECRET_ACCESS_KEY"] == "s"
+    assert env["FMBENCH_DATA"] == "/data" and "UNRELATED_SECRET" not in env
+    assert os.environ["UNRELATED_SECRET"] == "x"
