@@ -210,3 +210,69 @@ def test_credentials_and_endpoint_reach_ray_tasks_with_fmbench_settings(monkeypa
     assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1" and env["AWS_SECRET_ACCESS_KEY"] == "s"
     assert env["FMBENCH_DATA"] == "/data" and "UNRELATED_SECRET" not in env
     assert os.environ["UNRELATED_SECRET"] == "x"
+
+
+# -- the same code on every node -------------------------------------------------------------------
+class _Recorder:
+    """A stand-in for the trial's MLflow logger that notes every call: none may happen."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: self.calls.append(name)
+
+
+def _other_code():
+    from dataclasses import replace
+
+    from harness.run.identity import local_identity
+
+    return replace(local_identity(), commit="0" * 40)
+
+
+@pytest.mark.parametrize("task", ["train", "shard", "eval"])
+def test_a_task_from_a_driver_with_other_code_refuses_in_one_line_and_does_nothing(
+        task, tmp_path, monkeypatch):
+    from harness.run import tasks
+    from harness.run.identity import DRIVER_ENV, CodeMismatchError, local_identity
+    from harness.run.suite import load_suite
+    from tests.test_reliability import _write
+
+    spec = load_suite(_write(tmp_path, "guard")).trials()[0].spec
+    folder, logger = tmp_path / "ckpt", _Recorder()
+    monkeypatch.setenv(DRIVER_ENV, _other_code().dumps())
+    call = {"train": lambda: tasks.train_task(spec, str(folder), logger),
+            "shard": lambda: tasks.shard_task(spec, str(folder), None),
+            "eval": lambda: tasks.eval_task(spec, str(folder), logger)}[task]
+    with pytest.raises(CodeMismatchError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message and "0" * 40 in message and local_identity().commit in message
+    assert logger.calls == [] and not folder.exists()  # refused before any work or logging
+
+
+def test_the_same_code_passes_and_is_recorded_as_tags(monkeypatch):
+    from harness import SCIENCE_VERSION, __version__
+    from harness.run import record
+    from harness.run.identity import DRIVER_ENV, check_same_code, local_identity, source_hash
+
+    monkeypatch.setenv(DRIVER_ENV, local_identity().dumps())
+    mine = check_same_code()
+    tags = record.code_tags(mine)
+    assert tags[record.NODE_VERSION] == __version__
+    assert tags[record.NODE_SCIENCE] == str(SCIENCE_VERSION)
+    assert len(tags[record.NODE_COMMIT]) in (40, 19)  # a git commit, or "source-" + 12 hex
+    assert len(source_hash()) == 12 and source_hash() == source_hash()
+
+
+def test_the_source_hash_changes_with_any_source_byte(tmp_path):
+    from harness.run.identity import source_hash
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    before = source_hash(tmp_path)
+    (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
+    changed = source_hash(tmp_path)
+    (tmp_path / "pkg" / "a.py").rename(tmp_path / "pkg" / "b.py")
+    assert len({before, changed, source_hash(tmp_path)}) == 3

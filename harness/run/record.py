@@ -51,6 +51,10 @@ TRAIN_NODE, DEVICE, CUDA_VISIBLE_DEVICES = (TAG + "train_node", TAG + "device",
                                             TAG + "cuda_visible_devices")
 TRAIN_WORKERS, PER_WORKER_BATCH = TAG + "train_workers", TAG + "per_worker_batch"
 EVAL_SHARDS, WARNINGS = TAG + "eval_shards", TAG + "warnings"
+NODE_VERSION, NODE_COMMIT, NODE_SCIENCE = (TAG + "node_version", TAG + "node_commit",
+                                          TAG + "node_science_version")
+"""The code of the node a task ran on (:mod:`harness.run.identity`; equal to the driver's, which
+the task checked before any work)."""
 HOST, PID, STARTED_AT, HEARTBEAT, LEASE = (TAG + "host", TAG + "pid", TAG + "started_at",
                                            TAG + "heartbeat", TAG + "lease")
 """An invocation's driver and its lease on the suite (:mod:`harness.run.invocation`)."""
@@ -289,6 +293,12 @@ def placement_tags(node: str, device: str, cuda_visible_devices: str, workers: i
     return tags
 
 
+def code_tags(identity: Any) -> dict[str, str]:
+    """A :class:`harness.run.identity.CodeIdentity` as the run's node-code tags."""
+    return {NODE_VERSION: identity.version, NODE_COMMIT: identity.commit,
+            NODE_SCIENCE: identity.science}
+
+
 @dataclass(frozen=True)
 class TrialWriter:
     """Writes one trial's record to its run. Picklable like the
@@ -344,6 +354,10 @@ class TrialWriter:
 
     def log_during(self, metrics: dict[str, float], step: int) -> None:
         self.logger.log_metrics({during(k): v for k, v in metrics.items()}, step=step)
+
+    def log_code(self, identity: Any) -> None:
+        """The code of the node that evaluates (the train task's are set with its placement)."""
+        self.logger.set_tags(code_tags(identity))
 
     def log_eval_shards(self, count: int) -> None:
         self.logger.set_tags({EVAL_SHARDS: count})

@@ -22,6 +22,7 @@ from typing import Any, Callable, TextIO
 from harness.core import storage as stores
 from harness.plugins import plugin_files
 from harness.run.ddp import train_parallel_task
+from harness.run.identity import DRIVER_ENV, local_identity
 from harness.run.ray_session import RaySession, init_ray, ship_modules
 from harness.run.record import (State, TrialRun, TrialWriter, invocation_tags, invocation_totals,
                             trial_runs)
@@ -311,7 +312,8 @@ class _Driver:
         # The object store's standard variables travel the same way (--storage s3://...).
         env = {k: v for k, v in os.environ.items()
                if k.startswith("FMBENCH_") or k in CREDENTIALS or k in stores.ENVIRONMENT}
-        self.runtime_env = {"runtime_env": {"env_vars": env}} if env else {}
+        env[DRIVER_ENV] = local_identity().dumps()  # each task checks its node's code against it
+        self.runtime_env = {"runtime_env": {"env_vars": env}}
         # The files of the plugins the trials use, shipped with every task once Ray is up (run).
         self.plugin_files = plugin_files(t.spec.plugins for t in suite.iter_trials())
 

@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.run.identity import check_same_code
 from harness.run.record import (CONFIG_FILE, RECORD_FILE, SAMPLES, TRAJECTORIES, TrialWriter,
-                            placement_tags)
+                            code_tags, placement_tags)
 from harness.run.tracking import RunLogger
 
 LOSS_FLUSH_SECONDS = 5.0
@@ -39,14 +40,15 @@ def train_logged(spec, checkpoint_dir: str, logger: RunLogger, device, parallel=
     from harness.core.train import SINGLE
     from harness.run.trial import prepare, train_trial
 
+    code = check_same_code()  # before any work: a node with other code refuses, in one line
     parallel = parallel or SINGLE
     prep = prepare(spec)
     writer = TrialWriter(logger)
     losses = on_eval = None
     if parallel.main:
-        writer.start(prep.config, placement_tags(
+        writer.start(prep.config, {**placement_tags(
             _node_id(), str(device), os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-            parallel.world_size, spec.train.batch_size))
+            parallel.world_size, spec.train.batch_size), **code_tags(code)})
         losses = _LossUploader(writer, prep.spec.train.log_every)
         on_eval = _during_training(prep, writer, device)
     result = train_trial(prep, checkpoint_dir, device=device, progress=losses and losses.add,
@@ -120,6 +122,7 @@ def shard_task(spec, checkpoint_dir: str, shard):
     from harness.core.shards import evaluate_shard
     from harness.run.trial import load_trained, prepare
 
+    check_same_code()
     device = resolve_device("auto")
     prep = prepare(spec)
     net = load_trained(prep, checkpoint_dir, device)
@@ -135,9 +138,11 @@ def eval_task(spec, checkpoint_dir: str, logger: RunLogger, *shards) -> dict[str
     from harness.core.shards import combine
     from harness.run.trial import TrialResult, load_trained, prepare
 
+    code = check_same_code()
     device = resolve_device("auto")
     prep = prepare(spec)
     writer = TrialWriter(logger)
+    writer.log_code(code)
     started = time.perf_counter()
     if shards:
         evaluation = combine(shards, prep.spec.eval, prep.dataset)

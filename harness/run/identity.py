@@ -1,0 +1,98 @@
+"""Which code a process runs, so a driver never mixes numbers from different code under one key.
+
+The identity is the fmbench version, the git commit of the checkout (or, outside git, a hash of
+the package's source files) and the science version (:data:`harness.SCIENCE_VERSION`). The driver
+passes its own with every task (the :data:`DRIVER_ENV` variable of the task's runtime
+environment); each task compares it with the node's before any work and refuses in one line.
+It is computed once per process: a Ray worker that outlives a ``git pull`` still runs the
+modules it imported, and its cached identity says so.
+
+The alternative, shipping the driver's ``harness/`` to every worker with Ray's ``runtime_env``
+``py_modules`` (as :mod:`harness.run.ray_session` does for plugins), is described in the
+runbook; refusing is the default because a node's other dependencies (torch, CUDA) are not
+shipped and a refused trial is visible, where mixed code is not.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+DRIVER_ENV = "FMBENCH_DRIVER_CODE"
+"""The driver's identity (JSON), set in every task's runtime environment by the scheduler."""
+PACKAGE = Path(__file__).resolve().parents[1]
+
+
+class CodeMismatchError(HarnessError):
+    """A task's node runs other code than the driver that submitted it."""
+
+
+@dataclass(frozen=True)
+class CodeIdentity:
+    version: str
+    commit: str
+    science: str
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def loads(cls, text: str) -> CodeIdentity:
+        try:
+            return cls(**json.loads(text))
+        except (ValueError, TypeError) as exc:
+            raise CodeMismatchError(f"{DRIVER_ENV}={text[:80]!r} is not a code identity ({exc})"
+                                    ) from None
+
+    def __str__(self) -> str:
+        return f"fmbench {self.version}, commit {self.commit}, science version {self.science}"
+
+
+def source_hash(root: Path = PACKAGE) -> str:
+    """SHA-256 (first 12 hex digits) over the relative paths and bytes of ``root``'s Python
+    files, in sorted order: the same tree gives the same hash on every node."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def _git_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+@functools.lru_cache(maxsize=1)
+def local_identity() -> CodeIdentity:
+    """This process's code: computed once (see the module docstring)."""
+    from harness import SCIENCE_VERSION, __version__
+
+    commit = _git_commit(PACKAGE) or f"source-{source_hash()}"
+    return CodeIdentity(__version__, commit, str(SCIENCE_VERSION))
+
+
+def check_same_code(driver: str | None = None) -> CodeIdentity:
+    """Refuse, in one line naming both, when the driver's identity (``driver``, else the
+    :data:`DRIVER_ENV` variable; absent outside a scheduled task) differs from this node's.
+    Returns this node's identity, for the run's tags."""
+    mine = local_identity()
+    text = driver if driver is not None else os.environ.get(DRIVER_ENV)
+    if text:
+        theirs = CodeIdentity.loads(text)
+        if theirs != mine:
+            raise CodeMismatchError(f"this node runs other code than the driver (node: {mine}; "
+                                    f"driver: {theirs}); install the driver's commit on every "
+                                    "node (runbook: Cloud cluster)")
+    return mine
