@@ -228,7 +228,7 @@ def _other_code():
 
     from harness.run.identity import local_identity
 
-    return replace(local_identity(), commit="0" * 40)
+    return replace(local_identity(), source="0" * 12)
 
 
 @pytest.mark.parametrize("task", ["train", "shard", "eval"])
@@ -248,7 +248,8 @@ def test_a_task_from_a_driver_with_other_code_refuses_in_one_line_and_does_nothi
     with pytest.raises(CodeMismatchError) as info:
         call()
     message = str(info.value)
-    assert "\n" not in message and "0" * 40 in message and local_identity().commit in message
+    assert "\n" not in message and "source 000000000000" in message
+    assert f"source {local_identity().source}" in message
     assert logger.calls == [] and not folder.exists()  # refused before any work or logging
 
 
@@ -262,8 +263,12 @@ def test_the_same_code_passes_and_is_recorded_as_tags(monkeypatch):
     tags = record.code_tags(mine)
     assert tags[record.NODE_VERSION] == __version__
     assert tags[record.NODE_SCIENCE] == str(SCIENCE_VERSION)
-    assert len(tags[record.NODE_COMMIT]) in (40, 19)  # a git commit, or "source-" + 12 hex
-    assert len(source_hash()) == 12 and source_hash() == source_hash()
+    assert tags[record.NODE_SOURCE] == source_hash() and len(source_hash()) == 12
+    assert len(tags[record.NODE_COMMIT]) == 40 or tags[record.NODE_COMMIT] == "none"
+    # Another commit with the same files (a documentation commit) is the same code.
+    from dataclasses import replace
+
+    assert check_same_code(replace(mine, commit="f" * 40).dumps()) == mine
 
 
 def test_the_source_hash_changes_with_any_source_byte(tmp_path):
@@ -276,3 +281,71 @@ def test_the_source_hash_changes_with_any_source_byte(tmp_path):
     changed = source_hash(tmp_path)
     (tmp_path / "pkg" / "a.py").rename(tmp_path / "pkg" / "b.py")
     assert len({before, changed, source_hash(tmp_path)}) == 3
+
+
+# -- a cluster without a shared folder -------------------------------------------------------------
+def test_nodes_without_a_shared_folder_train_resume_and_evaluate_through_s3(ray_cluster, s3,
+                                                                            tmp_path):
+    """Only added nodes fit the trial (train 3 CPUs, eval 4). Node A trains and publishes
+    checkpoints to s3://; it is killed mid-training; node B resumes from the object store and
+    finishes training; B is removed and node C, the only one that fits the eval task, reads the
+    final checkpoint from the bucket. The Ray nodes never had the AWS variables: the driver passed
+    them with the tasks. Nothing is written to a local checkpoint folder."""
+    from mlflow import MlflowClient
+
+    from harness.run import record
+    from harness.run.scheduler import run_suite
+    from harness.run.suite import load_suite
+    from tests.test_reliability import _in_thread, _result, _wait_for, _write
+
+    path = _write(tmp_path, "cloud", steps=600, every=50, cpus=3)
+    path.write_text(path.read_text().replace("eval: {cpus: 3", "eval: {cpus: 4"))
+    suite = load_suite(path)
+    trial = suite.trials()[0]
+    ckpt = f"s3://{BUCKET}/ckpt/cloud/{trial.key}/checkpoint.pt"
+
+    def step() -> int:
+        return int(load_checkpoint(ckpt)["step"]) if storage.exists(ckpt) else -1
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    nodes = [ray_cluster.add_node(num_cpus=3)]
+    try:
+        ray_cluster.wait_for_nodes()
+        thread, box = _in_thread(run_suite, suite, tracking_uri=uri, storage=f"s3://{BUCKET}/ckpt",
+                                 stream=io.StringIO())
+        _wait_for(lambda: step() >= 100, 180, "node A's first checkpoints in the bucket")
+        reached = step()
+        assert reached < 600, "training finished before node A could be removed"
+        ray_cluster.remove_node(nodes[0], allow_graceful=False)
+        nodes.append(ray_cluster.add_node(num_cpus=3))
+        _wait_for(lambda: step() == 600, 240, "node B to finish training from the bucket")
+        ray_cluster.remove_node(nodes[1])
+        nodes.append(ray_cluster.add_node(num_cpus=4))
+        summary = _result(thread, box, 240)
+    finally:
+        for node in nodes:
+            if node in ray_cluster.worker_nodes:
+                ray_cluster.remove_node(node)
+    assert summary.ok and summary.count("finished") == 1, [s.reason for s in summary.states]
+    run = _trial_run(uri, "cloud")
+    assert run.data.tags[record.TRAIN_NODE] == nodes[1].node_id != nodes[0].node_id
+    from harness.run.identity import local_identity
+
+    assert run.data.tags[record.NODE_SOURCE] == local_identity().source
+    client = MlflowClient(uri)
+    starts = sorted(m.step for m in client.get_metric_history(run.info.run_id,
+                                                             record.ATTEMPT_START))
+    assert starts[0] == 0 and len(starts) == 2 and reached <= starts[1] < 600, starts
+    assert {record.final(m) for m in ("nfe", "nll", "w2", "mmd")} <= set(run.data.metrics)
+    assert _keys(s3, "ckpt/cloud/") == [f"ckpt/cloud/{trial.key}/checkpoint.pt",
+                                         f"ckpt/cloud/{trial.key}/config.json"]
+    assert not (tmp_path / "ckpt").exists()  # the suite's own (local) folder was never used
+
+
+def _trial_run(uri: str, experiment: str):
+    """The one trial run of ``experiment``."""
+    from harness.run.tracking import Tracker
+
+    runs = list(Tracker(uri, experiment).trial_runs().values())
+    assert len(runs) == 1
+    return runs[0]

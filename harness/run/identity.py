@@ -1,11 +1,13 @@
 """Which code a process runs, so a driver never mixes numbers from different code under one key.
 
-The identity is the fmbench version, the git commit of the checkout (or, outside git, a hash of
-the package's source files) and the science version (:data:`harness.SCIENCE_VERSION`). The driver
-passes its own with every task (the :data:`DRIVER_ENV` variable of the task's runtime
+The identity is the fmbench version, the science version (:data:`harness.SCIENCE_VERSION`), a
+hash of the package's source files and, for the record, the git commit of the checkout. The
+driver passes its own with every task (the :data:`DRIVER_ENV` variable of the task's runtime
 environment); each task compares it with the node's before any work and refuses in one line.
-It is computed once per process: a Ray worker that outlives a ``git pull`` still runs the
-modules it imported, and its cached identity says so.
+The commit is recorded but not compared: it moves on a documentation-only commit and misses
+uncommitted edits, while the source hash is what the node's Python actually imports. The identity
+is computed afresh for every task (a few milliseconds), so an edit made while a suite runs refuses
+the tasks started after it rather than mixing code.
 
 The alternative, shipping the driver's ``harness/`` to every worker with Ray's ``runtime_env``
 ``py_modules`` (as :mod:`harness.run.ray_session` does for plugins), is described in the
@@ -15,7 +17,6 @@ shipped and a refused trial is visible, where mixed code is not.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -37,8 +38,9 @@ class CodeMismatchError(HarnessError):
 @dataclass(frozen=True)
 class CodeIdentity:
     version: str
-    commit: str
     science: str
+    source: str
+    commit: str = ""  # recorded, not compared (see the module docstring)
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -51,8 +53,13 @@ class CodeIdentity:
             raise CodeMismatchError(f"{DRIVER_ENV}={text[:80]!r} is not a code identity ({exc})"
                                     ) from None
 
+    def same_code(self, other: CodeIdentity) -> bool:
+        return (self.version, self.science, self.source) == (other.version, other.science,
+                                                             other.source)
+
     def __str__(self) -> str:
-        return f"fmbench {self.version}, commit {self.commit}, science version {self.science}"
+        return (f"fmbench {self.version}, science version {self.science}, source {self.source}, "
+                f"commit {self.commit or 'none'}")
 
 
 def source_hash(root: Path = PACKAGE) -> str:
@@ -74,13 +81,11 @@ def _git_commit(root: Path) -> str | None:
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
 
 
-@functools.lru_cache(maxsize=1)
 def local_identity() -> CodeIdentity:
-    """This process's code: computed once (see the module docstring)."""
+    """This node's code, read now from its files (see the module docstring)."""
     from harness import SCIENCE_VERSION, __version__
 
-    commit = _git_commit(PACKAGE) or f"source-{source_hash()}"
-    return CodeIdentity(__version__, commit, str(SCIENCE_VERSION))
+    return CodeIdentity(__version__, str(SCIENCE_VERSION), source_hash(), _git_commit(PACKAGE) or "")
 
 
 def check_same_code(driver: str | None = None) -> CodeIdentity:
@@ -91,7 +96,7 @@ def check_same_code(driver: str | None = None) -> CodeIdentity:
     text = driver if driver is not None else os.environ.get(DRIVER_ENV)
     if text:
         theirs = CodeIdentity.loads(text)
-        if theirs != mine:
+        if not theirs.same_code(mine):
             raise CodeMismatchError(f"this node runs other code than the driver (node: {mine}; "
                                     f"driver: {theirs}); install the driver's commit on every "
                                     "node (runbook: Cloud cluster)")

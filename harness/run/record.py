@@ -51,8 +51,8 @@ TRAIN_NODE, DEVICE, CUDA_VISIBLE_DEVICES = (TAG + "train_node", TAG + "device",
                                             TAG + "cuda_visible_devices")
 TRAIN_WORKERS, PER_WORKER_BATCH = TAG + "train_workers", TAG + "per_worker_batch"
 EVAL_SHARDS, WARNINGS = TAG + "eval_shards", TAG + "warnings"
-NODE_VERSION, NODE_COMMIT, NODE_SCIENCE = (TAG + "node_version", TAG + "node_commit",
-                                          TAG + "node_science_version")
+NODE_VERSION, NODE_COMMIT, NODE_SCIENCE, NODE_SOURCE = (
+    TAG + "node_version", TAG + "node_commit", TAG + "node_science_version", TAG + "node_source")
 """The code of the node a task ran on (:mod:`harness.run.identity`; equal to the driver's, which
 the task checked before any work)."""
 HOST, PID, STARTED_AT, HEARTBEAT, LEASE = (TAG + "host", TAG + "pid", TAG + "started_at",
@@ -295,8 +295,8 @@ def placement_tags(node: str, device: str, cuda_visible_devices: str, workers: i
 
 def code_tags(identity: Any) -> dict[str, str]:
     """A :class:`harness.run.identity.CodeIdentity` as the run's node-code tags."""
-    return {NODE_VERSION: identity.version, NODE_COMMIT: identity.commit,
-            NODE_SCIENCE: identity.science}
+    return {NODE_VERSION: identity.version, NODE_COMMIT: identity.commit or "none",
+            NODE_SCIENCE: identity.science, NODE_SOURCE: identity.source}
 
 
 @dataclass(frozen=True)
