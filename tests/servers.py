@@ -22,10 +22,13 @@ class MlflowServer:
     """``mlflow server`` with a SQLite backend and served artifacts, bound to 127.0.0.1.
     ``stop`` and ``start`` again keep the port and the store: a tracking server restarting.
     ``auth=(user, password)`` runs MLflow's basic-auth app (needs ``mlflow[auth]``) with that
-    admin; its user database and config live in ``folder`` too."""
+    admin; its user database and config live in ``folder`` too. ``artifacts``: where the server
+    keeps artifacts (default ``folder/artifacts``; a URI such as ``s3://bucket/prefix``)."""
 
-    def __init__(self, folder: Path, auth: tuple[str, str] | None = None) -> None:
+    def __init__(self, folder: Path, auth: tuple[str, str] | None = None,
+                 artifacts: str | None = None) -> None:
         self.folder = folder
+        self.artifacts = artifacts or str(folder / "artifacts")
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.auth = auth
@@ -36,7 +39,7 @@ class MlflowServer:
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
                "--port", str(self.port),
                "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-               "--artifacts-destination", str(self.folder / "artifacts"), "--serve-artifacts",
+               "--artifacts-destination", self.artifacts, "--serve-artifacts",
                "--workers", "1"]
         env = dict(os.environ)
         if self.auth is not None:

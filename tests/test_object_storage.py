@@ -349,3 +349,44 @@ def _trial_run(uri: str, experiment: str):
     runs = list(Tracker(uri, experiment).trial_runs().values())
     assert len(runs) == 1
     return runs[0]
+
+
+def test_mlflow_server_with_s3_artifacts_keeps_samples_and_reports_in_the_bucket(ray_cluster, s3,
+                                                                                 tmp_path):
+    """``mlflow server --artifacts-destination s3://...`` (credentials and endpoint from the
+    server's environment only): a suite run logs its samples through the server into the bucket,
+    the report reads them back, and the report itself lands in the bucket too."""
+    from mlflow import MlflowClient
+
+    from harness.report import build_report
+    from harness.run import record
+    from harness.run.scheduler import run_suite
+    from harness.run.suite import load_suite
+    from tests.servers import MlflowServer
+    from tests.test_reliability import _write
+
+    server = MlflowServer(tmp_path / "mlflow", artifacts=f"s3://{BUCKET}/mlflow")
+    server.start()
+    try:
+        path = _write(tmp_path, "artifacts", steps=40, every=20)
+        summary = run_suite(load_suite(path), tracking_uri=server.uri,
+                            storage=f"s3://{BUCKET}/ckpt", stream=io.StringIO())
+        assert summary.ok and summary.count("finished") == 1
+        run = _trial_run(server.uri, "artifacts")
+        keys = _keys(s3, "mlflow/")
+        stored = [k for k in keys if k.endswith(f"{run.info.run_id}/artifacts/{record.SAMPLES}")]
+        assert len(stored) == 1, keys
+        local = MlflowClient(server.uri).download_artifacts(run.info.run_id, record.SAMPLES,
+                                                           str(tmp_path / "back"))
+        body = s3.get_object(Bucket=BUCKET, Key=stored[0])["Body"].read()
+        assert open(local, "rb").read() == body and body[:8] == b"\x89PNG\r\n\x1a\n"
+
+        report = build_report(path, server.uri, tmp_path / "report")
+        assert report.logged_to and not report.warnings, report.warnings
+        assert (tmp_path / "report" / "index.html").is_file()
+        shown = list((tmp_path / "report" / "samples").rglob(record.SAMPLES))  # read back from S3
+        assert len(shown) == 1 and shown[0].read_bytes() == body
+        assert any(k.endswith(f"{report.logged_to}/artifacts/{record.REPORT_FOLDER}/index.html")
+                   for k in _keys(s3, "mlflow/")), _keys(s3, "mlflow/")
+    finally:
+        server.stop()
