@@ -28,6 +28,23 @@ def chromium() -> str:
     return exe
 
 
+def store_client(uri: str):
+    """An MlflowClient on ``uri`` once its store exists, else None. A client opens its store when
+    constructed and creates (migrates) a missing SQLite file, which races the driver creating the
+    same store (``table ... already exists``); the driver creates it under ``store_lock``, so the
+    file is looked for under that lock. For tests that poll a store a driver process is making."""
+    from mlflow import MlflowClient
+
+    from harness.run.store import sqlite_path, store_lock
+
+    path = sqlite_path(uri)
+    if path is not None:
+        with store_lock(uri):
+            if not path.exists():
+                return None
+    return MlflowClient(uri)
+
+
 def new_experiment(uri: str, name: str, folder) -> str:
     """An experiment whose artifacts stay under ``folder`` (MLflow's default root is the current
     folder); :class:`harness.run.tracking.Tracker` then opens it as its own. Returns its id."""

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from harness.run import record
 from harness.cli import main
 from harness.run.record import State
-from harness.run.store import store_lock
+from tests.helpers import store_client
 from tests.test_scheduler import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,12 +60,11 @@ def test_ctrl_c_kills_outstanding_runs_and_exits_cleanly(ray_cluster, tmp_path, 
                              ray_cluster.address, "--tracking-uri", uri],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-    client = MlflowClient(uri)
+    client = None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until training has logged its first losses
-        with store_lock(uri):  # the driver makes the store under it: never touch one half made
-            made = Path(tmp_path / "mlflow.db").exists()
-        exp = client.get_experiment_by_name("interrupt") if made else None
+        client = client or store_client(uri)  # never open a store the driver is still making
+        exp = client.get_experiment_by_name("interrupt") if client else None
         runs = client.search_runs([exp.experiment_id]) if exp else []
         if any(r.data.metrics.get(record.LOSS) is not None for r in runs):
             break
@@ -75,6 +74,7 @@ def test_ctrl_c_kills_outstanding_runs_and_exits_cleanly(ray_cluster, tmp_path, 
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "fmbench: interrupted"
     assert "Traceback" not in err
+    client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("interrupt").experiment_id])
     trials = [r for r in runs if r.data.tags.get(record.KIND) == record.TRIAL]
     assert len(trials) == 2 and all(r.info.status == State.KILLED.status for r in trials)

@@ -22,14 +22,15 @@ from harness.run.invocation import (DRIVER_GONE, HEARTBEAT, HOST, LEASE, LOST_EL
                                 SuiteLockedError, acquire, close_stale, gone_count)
 from harness.run.record import INVOCATION, KEY, KIND, REASON, SUITE, TRIAL, State
 from harness.run.tracking import Tracker
+from tests.helpers import store_client
 from tests.test_reliability import _checkpoint_step, _wait_for, _write
 
 ONE_LINE = re.compile(r"fmbench: error: [^\n]+\n")
 
 
 def _runs(uri: str, experiment: str, kind: str) -> list:
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
+    client = store_client(uri)  # polled while a driver may be creating the store
+    exp = client.get_experiment_by_name(experiment) if client else None
     if exp is None:
         return []
     return [r for r in client.search_runs([exp.experiment_id], max_results=1000)

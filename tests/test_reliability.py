@@ -21,6 +21,7 @@ from harness.run.record import KEY, State
 from harness.run.scheduler import run_suite
 from harness.run.suite import load_suite
 from harness.run.tracking import Tracker
+from tests.helpers import store_client
 
 SUITE = """\
 name: {name}
@@ -67,8 +68,8 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
 
 
 def _all_trial_runs(uri: str, experiment: str) -> list:
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
+    client = store_client(uri)  # polled while a driver may be creating the store
+    exp = client.get_experiment_by_name(experiment) if client else None
     if exp is None:  # not created yet
         return []
     return [r for r in client.search_runs([exp.experiment_id], max_results=1000)

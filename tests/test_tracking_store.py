@@ -408,3 +408,28 @@ def test_file_store_only_when_mlflow_allows_it(tmp_path, capsys, monkeypatch):
                                    "folder); run the suite first or pass the --tracking-uri it "
                                    "ran with")
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_store_another_program_creates_at_the_same_moment_fails_one_try_not_the_run(
+        tmp_path, monkeypatch):
+    """MlflowClient opens, and on a new file migrates, its store when constructed: a UI or script
+    creating the same new store at that moment makes the driver's first client fail with
+    ``table ... already exists``. The driver makes its client inside the retried call."""
+    import sqlalchemy.exc
+
+    from harness.run import tracking
+
+    real, calls = tracking.mlflow_client, []
+
+    def racing(uri):
+        calls.append(uri)
+        if len(calls) == 1:
+            real(uri)  # the other program's migration wins the race...
+            raise sqlalchemy.exc.OperationalError(  # ...and ours loses it
+                "CREATE TABLE latest_metrics", {}, Exception("table latest_metrics already exists"))
+        return real(uri)
+
+    monkeypatch.setattr(tracking, "mlflow_client", racing)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "race")
+    assert tracker.connect() and len(calls) == 2
+    assert tracker.find() == tracker.connect()

@@ -191,9 +191,12 @@ class Tracker:
                 if self._new is not False and check_store(self.uri, create=True):
                     print(f"creating tracking store {mask_uri(self.uri)}", file=sys.stderr)
                 mark_checked(self.uri)
-                client = mlflow_client(self.uri)
 
                 def get_or_create() -> str:
+                    # The client is made inside the retry: MlflowClient opens (and on a new file
+                    # migrates) the store when constructed, so another program creating the same
+                    # store at this moment (an MLflow UI, a script) fails one try, not the run.
+                    client = mlflow_client(self.uri)
                     exp = client.get_experiment_by_name(self.experiment)
                     if exp is None:
                         return client.create_experiment(
