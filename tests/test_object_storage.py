@@ -390,3 +390,12 @@ def test_mlflow_server_with_s3_artifacts_keeps_samples_and_reports_in_the_bucket
                    for k in _keys(s3, "mlflow/")), _keys(s3, "mlflow/")
     finally:
         server.stop()
+
+
+def test_a_write_to_a_store_that_went_away_is_one_line(s3, monkeypatch):
+    uri = f"s3://{BUCKET}/ckpt/gone/checkpoint.pt"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    with pytest.raises(CheckpointError) as info:
+        save_checkpoint(uri, {"step": 1})
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"could not write {uri} (")

@@ -31,7 +31,11 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) ->
     if storage.is_uri(path):
         buffer = io.BytesIO()
         write(buffer)
-        return storage.publish(path, buffer.getvalue())
+        try:
+            return storage.publish(path, buffer.getvalue())
+        except OSError as exc:  # the store went away, refused the credentials, ...
+            raise CheckpointError(f"could not write {path} ({storage.first_line(exc)}); the "
+                                  "previous object, if any, is intact") from None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -93,7 +97,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = path if storage.is_uri(path) else Path(path)
     source = _open_checkpoint(path)
     size = source.getbuffer().nbytes if isinstance(source, io.BytesIO) else path.stat().st_size
-    if not zipfile.is_zipfile(_start(source)):  # torch.save writes a zip archive; anything else is damaged
+    if not zipfile.is_zipfile(_start(source)):  # torch.save writes a zip: anything else is damaged
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated (not a PyTorch zip "
                               f"archive, {size} bytes)")
     try:  # torch does not check the archive's CRCs: damaged tensor bytes would load silently
