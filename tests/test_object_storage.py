@@ -399,3 +399,11 @@ def test_a_write_to_a_store_that_went_away_is_one_line(s3, monkeypatch):
         save_checkpoint(uri, {"step": 1})
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"could not write {uri} (")
+
+
+@pytest.mark.parametrize("uri", ["s3://AKIA:hunter2@bucket/ckpt", "s3://bucket/ckpt?secret_key=x"])
+def test_credentials_inside_the_uri_are_refused_without_echoing_them(uri):
+    with pytest.raises(storage.StorageError) as info:
+        storage.check_reachable(uri)
+    message = str(info.value)
+    assert "environment" in message and "hunter2" not in message and "secret_key=x" not in message

@@ -61,10 +61,25 @@ def _resolve(uri: str):
     """The pyarrow file system and in-store path of ``uri`` (one line if the scheme is unknown)."""
     import pyarrow.fs
 
+    _refuse_secrets(uri)
     try:
         return pyarrow.fs.FileSystem.from_uri(uri)
     except (ValueError, OSError, ImportError) as exc:  # unknown scheme, missing build support
         raise StorageError(f"storage {uri} cannot be opened: {first_line(exc)}") from None
+
+
+SECRET_PARAMETERS = ("access_key", "secret_key", "session_token", "credentials")
+
+
+def _refuse_secrets(uri: str) -> None:
+    """pyarrow would take keys from the URI itself (``s3://KEY:SECRET@bucket``, ``?secret_key=``),
+    which would put them in suite files, MLflow params and logs: refused in one line."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(uri)
+    if parts.username or parts.password or set(parse_qs(parts.query)) & set(SECRET_PARAMETERS):
+        raise StorageError(f"storage {parts.scheme}://{parts.hostname}/... carries credentials; "
+                           "set them in the environment (AWS_ACCESS_KEY_ID, ...) instead")
 
 
 def first_line(exc: BaseException) -> str:
