@@ -308,7 +308,13 @@ def test_nodes_without_a_shared_folder_train_resume_and_evaluate_through_s3(ray_
         return int(load_checkpoint(ckpt)["step"]) if storage.exists(ckpt) else -1
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    nodes = [ray_cluster.add_node(num_cpus=3)]
+
+    def node(name: str, cpus: int):
+        """A node whose processes have their own temporary folder (TMPDIR), as on separate hosts."""
+        (tmp_path / name).mkdir()
+        return ray_cluster.add_node(num_cpus=cpus, env_vars={"TMPDIR": str(tmp_path / name)})
+
+    nodes = [node("a", 3)]
     try:
         ray_cluster.wait_for_nodes()
         thread, box = _in_thread(run_suite, suite, tracking_uri=uri, storage=f"s3://{BUCKET}/ckpt",
@@ -317,10 +323,10 @@ def test_nodes_without_a_shared_folder_train_resume_and_evaluate_through_s3(ray_
         reached = step()
         assert reached < 600, "training finished before node A could be removed"
         ray_cluster.remove_node(nodes[0], allow_graceful=False)
-        nodes.append(ray_cluster.add_node(num_cpus=3))
+        nodes.append(node("b", 3))
         _wait_for(lambda: step() == 600, 240, "node B to finish training from the bucket")
         ray_cluster.remove_node(nodes[1])
-        nodes.append(ray_cluster.add_node(num_cpus=4))
+        nodes.append(node("c", 4))
         summary = _result(thread, box, 240)
     finally:
         for node in nodes:
@@ -340,6 +346,7 @@ def test_nodes_without_a_shared_folder_train_resume_and_evaluate_through_s3(ray_
     assert _keys(s3, "ckpt/cloud/") == [f"ckpt/cloud/{trial.key}/checkpoint.pt",
                                          f"ckpt/cloud/{trial.key}/config.json"]
     assert not (tmp_path / "ckpt").exists()  # the suite's own (local) folder was never used
+    assert not any(tmp_path.rglob("checkpoint.pt"))  # nor any node's temporary folder
 
 
 def _trial_run(uri: str, experiment: str):
