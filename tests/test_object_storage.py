@@ -419,3 +419,39 @@ def test_credentials_inside_the_uri_are_refused_without_echoing_them(uri):
         storage.check_reachable(uri)
     message = str(info.value)
     assert "environment" in message and "hunter2" not in message and "secret_key=x" not in message
+
+
+def test_an_object_replaced_while_it_is_read_is_read_again_whole(s3, monkeypatch):
+    """pyarrow sizes an object when it opens it and then fetches that many bytes: an object
+    replaced in between (a checkpoint published while another process reads it) comes back as
+    the first bytes of the new one. The read sees the change and reads again."""
+    key, uri = "ckpt/torn/checkpoint.pt", f"s3://{BUCKET}/ckpt/torn/checkpoint.pt"
+    old, new = b"a" * 1000, b"b" * 1500
+    s3.put_object(Bucket=BUCKET, Key=key, Body=old)
+    real_resolve, torn = storage._resolve, []
+
+    class Replacing:
+        """The real filesystem, except that its first read is raced by a publish."""
+
+        def __init__(self, fs):
+            self.fs = fs
+
+        def __getattr__(self, name):
+            return getattr(self.fs, name)
+
+        def open_input_stream(self, path):
+            stream = self.fs.open_input_stream(path)  # sized now: 1000 bytes
+            if not torn:
+                s3.put_object(Bucket=BUCKET, Key=key, Body=new)
+                torn.append(True)
+            return stream
+
+    monkeypatch.setattr(storage, "_resolve", lambda u: (Replacing(real_resolve(u)[0]),
+                                                        real_resolve(u)[1]))
+    first = real_resolve(uri)[0]
+    s3.put_object(Bucket=BUCKET, Key=key, Body=old)
+    with first.open_input_stream(real_resolve(uri)[1]) as f:  # the race, shown without the check
+        s3.put_object(Bucket=BUCKET, Key=key, Body=new)
+        assert f.readall() == new[:1000]  # a torn read: neither object
+    s3.put_object(Bucket=BUCKET, Key=key, Body=old)
+    assert storage.read_bytes(uri) == new and torn

@@ -96,15 +96,32 @@ def exists(location: str | os.PathLike) -> bool:
     return fs.get_file_info(path).type == pyarrow.fs.FileType.File
 
 
+READ_TRIES = 5
+
+
 def read_bytes(location: str | os.PathLike) -> bytes:
-    """The whole content of the file or object at ``location``; FileNotFoundError if absent."""
+    """The whole content of the file or object at ``location``; FileNotFoundError if absent.
+
+    An object read is checked against the object as it stands afterwards: pyarrow learns an
+    object's size when it opens it and then fetches that many bytes, so an object replaced in
+    between (a checkpoint published while a task resumes or a monitor reads it) would come back
+    as the first bytes of the new, longer object. A read whose length or the object's
+    modification time changed meanwhile is retried (:data:`READ_TRIES` times)."""
     if not is_uri(location):
         return Path(location).read_bytes()
+    import pyarrow.fs
+
     fs, path = _resolve(location)
-    if not exists(location):
-        raise FileNotFoundError(location)
-    with fs.open_input_stream(path) as f:
-        return f.readall()
+    for _ in range(READ_TRIES):
+        before = fs.get_file_info(path)
+        if before.type != pyarrow.fs.FileType.File:
+            raise FileNotFoundError(location)
+        with fs.open_input_stream(path) as f:
+            data = f.readall()
+        after = fs.get_file_info(path)
+        if after.size == len(data) == before.size and after.mtime == before.mtime:
+            return data
+    raise StorageError(f"{location} kept changing while it was read ({READ_TRIES} tries)")
 
 
 def publish(uri: str, data: bytes) -> str:
