@@ -30,3 +30,9 @@ class CheckpointError(HarnessError):
 
 class DivergenceError(HarnessError):
     """Training produced a non-finite loss."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of ``exc``'s message (its type's name when it has none), cut at ``limit``:
+    what a one-line error quotes of the exception behind it."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]

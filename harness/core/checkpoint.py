@@ -21,7 +21,7 @@ from typing import Any, BinaryIO, Callable
 import torch
 
 from harness.core import storage
-from harness.errors import CheckpointError
+from harness.errors import CheckpointError, first_line
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path | str:
@@ -34,7 +34,7 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) ->
         try:
             return storage.publish(path, buffer.getvalue())
         except OSError as exc:  # the store went away, refused the credentials, ...
-            raise CheckpointError(f"could not write {path} ({storage.first_line(exc)}); the "
+            raise CheckpointError(f"could not write {path} ({first_line(exc)}); the "
                                   "previous object, if any, is intact") from None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ def _open_checkpoint(path: Path | str) -> Path | io.BytesIO:
     except FileNotFoundError:
         pass
     except OSError as exc:  # the store did not answer
-        raise CheckpointError(f"checkpoint {path} cannot be read ({storage.first_line(exc)})"
+        raise CheckpointError(f"checkpoint {path} cannot be read ({first_line(exc)})"
                               ) from None
     else:
         if path.is_file():

@@ -25,7 +25,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 TMP_SUFFIX = ".tmp"
@@ -80,10 +80,6 @@ def _refuse_secrets(uri: str) -> None:
     if parts.username or parts.password or set(parse_qs(parts.query)) & set(SECRET_PARAMETERS):
         raise StorageError(f"storage {parts.scheme}://{parts.hostname}/... carries credentials; "
                            "set them in the environment (AWS_ACCESS_KEY_ID, ...) instead")
-
-
-def first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def exists(location: str | os.PathLike) -> bool:

@@ -17,14 +17,14 @@ shipped and a refused trial is visible, where mixed code is not.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.plugins import source_digest
+from harness.run.tracking import git_commit
 
 DRIVER_ENV = "FMBENCH_DRIVER_CODE"
 """The driver's identity (JSON), set in every task's runtime environment by the scheduler."""
@@ -64,28 +64,18 @@ class CodeIdentity:
 
 def source_hash(root: Path = PACKAGE) -> str:
     """SHA-256 (first 12 hex digits) over the relative paths and bytes of ``root``'s Python
-    files, in sorted order: the same tree gives the same hash on every node."""
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
-
-
-def _git_commit(root: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+    files, in sorted order: the same tree gives the same hash on every node (the digest plugins
+    are keyed by, :func:`harness.plugins.source_digest`)."""
+    return source_digest(root)
 
 
 def local_identity() -> CodeIdentity:
     """This node's code, read now from its files (see the module docstring)."""
     from harness import SCIENCE_VERSION, __version__
 
-    return CodeIdentity(__version__, str(SCIENCE_VERSION), source_hash(), _git_commit(PACKAGE) or "")
+    commit = git_commit()
+    return CodeIdentity(__version__, str(SCIENCE_VERSION), source_hash(),
+                        "" if commit == "unknown" else commit)
 
 
 def check_same_code(driver: str | None = None) -> CodeIdentity:

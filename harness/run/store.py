@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from harness import errors
 from harness.errors import HarnessError
 
 
@@ -114,7 +115,8 @@ def _check_database_uri(uri: str, refuse: Callable[[str], TrackingError]) -> str
 
 
 def first_line(exc: BaseException) -> str:
-    return mask_uri((str(exc).strip().splitlines() or [type(exc).__name__])[0][:200])
+    """:func:`harness.errors.first_line` with any password in it masked (:func:`mask_uri`)."""
+    return mask_uri(errors.first_line(exc, 200))
 
 
 def sqlite_path(uri: str) -> Path | None:
