@@ -149,9 +149,10 @@ def test_killed_driver_rerun_finishes_only_missing_trials_with_the_same_results(
     while the second trains. Rerunning the same command finishes only what was missing, in the
     same runs, and gives the results of a run that was never interrupted."""
     methods = "[fm-ot, rectified-flow, ddpm]"
-    # 1000 steps: the kill must land while the second trial trains, and the poll that sees its
-    # first checkpoints takes a while on a loaded machine.
-    steps = 1000
+    # 3000 steps: the kill must land while the second trial trains. At 1000 a quiet 2-core
+    # machine finished all three trials in 8 s, between two polls; the poll that sees the first
+    # checkpoints also takes a while on a loaded machine.
+    steps = 3000
     path = _write(tmp_path, "killed", methods=methods, steps=steps, every=50, cpus=2)
     suite = load_suite(path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
