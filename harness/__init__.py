@@ -3,7 +3,8 @@
 Layout (docs/design.md §1.2): ``core/`` the science (paths, methods, solvers, likelihood,
 metrics, training, evaluation), with ``datasets/`` and ``models/`` beside it, none of which imports
 Ray or MLflow; ``run/`` suites, trials, the Ray scheduler and the MLflow record; ``report/`` tables
-and figures from the record; ``cli.py`` the ``fmbench`` command.
+and figures from the record; ``cli.py`` the ``fmbench`` command
+(``trial_command.py`` its ``trial``).
 """
 
 __version__ = "0.1.0"

@@ -95,7 +95,8 @@ def test_every_function_is_short():
 
 SCIENCE = ("harness.core", "harness.datasets", "harness.models")
 """The packages that must run without a cluster or a tracking store."""
-ORCHESTRATION = ("ray", "mlflow", "harness.run", "harness.report", "harness.cli")
+ORCHESTRATION = ("ray", "mlflow", "harness.run", "harness.report", "harness.cli",
+                 "harness.trial_command")
 
 
 def _imported_names(tree: ast.Module) -> set[str]:

@@ -22,11 +22,12 @@ def test_list_json_names_every_component(capsys):
 
 
 def test_trial_json_end_to_end(tmp_path):
-    """The installed console script trains, evaluates and prints one JSON object on stdout."""
+    """The installed console script trains, evaluates (quality-vs-NFE curves included) and prints
+    one JSON object on stdout."""
     cmd = ["fmbench", "trial", "--method", "rectified-flow", "--dataset", "moons", "--steps", "150",
            "--batch-size", "64", "--samples", "200", "--nll-samples", "100", "--error-samples", "32",
-           "--device", "cpu",
-           "--out", str(tmp_path), "--json"]
+           "--nfe-budgets", "4", "8", "--quality-nfe-samples", "50", "--curve-tols", "1e-2", "1e-3",
+           "--device", "cpu", "--out", str(tmp_path), "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(proc.stdout)
@@ -37,6 +38,11 @@ def test_trial_json_end_to_end(tmp_path):
         assert isinstance(metrics[key], float)
     assert metrics["nfe"] >= 6 and metrics["w2"] > 0
     assert {p["solver"] for p in payload["error_vs_nfe"]} == {"euler", "midpoint", "rk4"}
+    curve = payload["quality_vs_nfe"]  # fixed-step solvers at each budget, dopri5 at each tol
+    assert sorted((p["solver"], p["nfe"]) for p in curve if p["tol"] is None) == \
+        [(s, b) for s in ("euler", "midpoint", "rk4") for b in (4, 8)]
+    assert sorted(p["tol"] for p in curve if p["solver"] == "dopri5") == [1e-3, 1e-2]
+    assert all(set(p["values"]) == {"w2", "mmd"} for p in curve)
     assert "train rectified-flow-moons-s0" in proc.stderr  # the progress bar
     trial_dir = tmp_path / "rectified-flow-moons-s0"
     config = json.loads((trial_dir / "config.json").read_text())
