@@ -8,7 +8,8 @@ import sys
 
 from harness import __version__
 from harness.errors import ConfigError, HarnessError
-from harness.trial_command import add_trial_parser, cmd_trial, positive
+from harness.trial_command import (HelpWithDefaults, add_trial_parser, cmd_trial, positive,
+                                   whole_number)
 
 EXAMPLES = """\
 Examples:
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow URI (as for run)")
 
     p = sub.add_parser("report", help="build a suite's report (HTML, Markdown, CSV, LaTeX) from "
-                       "MLflow", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       "MLflow", formatter_class=HelpWithDefaults,
                        epilog="Examples:\n  fmbench report suites/smoke.yaml\n"
                               "  fmbench report suites/smoke.yaml --out /tmp/smoke-report\n")
     p.add_argument("suite", help="path to a suite YAML file (or a suite name: the grid is then "
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow URI (as for run)")
     p.add_argument("--out", help="report folder (default: reports/<suite name>/), replaced whole; "
                                  "must be new, empty or an earlier fmbench report")
+    action = p.add_argument("--curve-seeds", type=whole_number, default=argparse.SUPPRESS,
+                            metavar="N", help="seeds per method and dataset whose curves are "
+                                              "read, lowest first; 0 reads every seed")
+    action.default_from = _report_curve_seeds
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the tracking store")
     p.add_argument("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI or "
@@ -276,10 +281,17 @@ def cmd_status(args) -> int:
     return 0
 
 
+def _report_curve_seeds() -> int:
+    from harness.report.curves import CURVE_SEEDS
+
+    return CURVE_SEEDS
+
+
 def cmd_report(args) -> int:
     from harness.report import build_report
 
-    result = build_report(args.suite, args.tracking_uri, args.out)
+    given = {"curve_seeds": args.curve_seeds} if "curve_seeds" in vars(args) else {}
+    result = build_report(args.suite, args.tracking_uri, args.out, **given)
     print(result.status.banner(), file=sys.stderr)
     for warning in result.warnings:
         print(f"fmbench: warning: {warning}", file=sys.stderr)

@@ -19,6 +19,17 @@ if TYPE_CHECKING:
     from harness.run.trial import TrialSpec
 
 
+def whole_number(text: str) -> int:
+    """An argparse type: an int >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def positive(kind):
     """An argparse type: a number of ``kind`` that must be > 0."""
     def parse(text: str):
@@ -54,7 +65,7 @@ def _shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-class _HelpWithDefaults(argparse.RawDescriptionHelpFormatter):
+class HelpWithDefaults(argparse.RawDescriptionHelpFormatter):
     """Ends each setting's help with its default, looked up only when help is printed: the
     configs import torch, which parsing every other command must not wait for."""
 
@@ -85,7 +96,7 @@ def _given(args: argparse.Namespace, section: str) -> dict[str, Any]:
 def add_trial_parser(sub, epilog: str) -> None:
     """``fmbench trial``: one setting per flag, each default read where it is declared."""
     p = sub.add_parser("trial", help="train and evaluate one (method, dataset, seed)",
-                       epilog=epilog, formatter_class=_HelpWithDefaults)
+                       epilog=epilog, formatter_class=HelpWithDefaults)
     p.add_argument("--method", required=True, help="a method name (fmbench list)")
     p.add_argument("--dataset", required=True, help="a dataset name (fmbench list)")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",

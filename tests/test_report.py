@@ -536,3 +536,9 @@ def test_cli_report_prints_the_index_path(store, tmp_path, capsys):
     assert main(["report", "nosuch", "--tracking-uri", uri]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fmbench: error: no MLflow experiment 'nosuch'") and "\n" not in err
+    assert main(["report", suite.path, "--tracking-uri", uri, "--curve-seeds", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "fmbench: error: fmbench report: argument --curve-seeds: must be >= 0, got -1"
+    assert main(["report", suite.path, "--tracking-uri", uri, "--out", str(out),
+                 "--curve-seeds", "1"]) == 0
+    assert "mean over the first 1 finished seed" in (out / "report.md").read_text()

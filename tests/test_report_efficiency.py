@@ -89,7 +89,8 @@ def _evaluation(method: str, seed: int) -> EvalResult:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def written(tmp_path_factory):
+    """The suite and its store, every trial written through the real record writer."""
     tmp = tmp_path_factory.mktemp("eff")
     (tmp / "efftest.yaml").write_text(SUITE)
     suite = load_suite(tmp / "efftest.yaml")
@@ -103,6 +104,12 @@ def report(tmp_path_factory):
         evaluation = _evaluation(trial.method.name, trial.seed)
         writer.log_evaluation(evaluation.metrics, evaluation, step=50, on_curve=False)
         writer.end(State.FINISHED)
+    return suite, uri, tmp
+
+
+@pytest.fixture(scope="module")
+def report(written):
+    suite, uri, tmp = written
     return build_report(suite, uri, tmp / "out", log=False)
 
 
@@ -129,6 +136,18 @@ def test_efficiency_csv_has_every_point_of_every_seed(report):
     assert float(by["fm-diffusion", "1", "midpoint", "", "8", "numerical_error"]) == 2e-3
     assert all(r["tolerance"] == "" for r in rows if r["solver"] != "dopri5")
     assert all(r["tolerance"] in ("0.01", "0.0001") for r in rows if r["solver"] == "dopri5")
+
+
+@pytest.mark.parametrize("per_cell,seeds,said", [(1, {"0"}, "the first 1 finished seed."),
+                                                  (0, {"0", "1"}, "every finished seed.")])
+def test_curve_seeds_bounds_the_seeds_read_and_every_caption_says_so(written, per_cell, seeds,
+                                                                      said):
+    suite, uri, tmp = written
+    report = build_report(suite, uri, tmp / f"out-{per_cell}", log=False, curve_seeds=per_cell)
+    assert {r["seed"] for r in _rows(report)} == seeds
+    assert said in report.tables["budget"].caption
+    page = report.markdown.read_text()  # the figures' captions
+    assert f"Lines: mean over {said[:-1]};" in page and f"mean over {said}" in page
 
 
 def test_budget_table_against_hand_computed_answers(report):

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.errors import ConfigError
 from harness.report.claims import Claim, check_claims, claims_table
 from harness.report.collect import ReportError, Store
 from harness.report.curves import CURVE_SEEDS, Curves, curve_runs, keys_for
@@ -92,7 +93,11 @@ def _samples(store: Store, frame: pd.DataFrame, out: Path) -> list[Sample]:
 def build_report(suite: Any, tracking_uri: str | None = None, out_dir: str | Path | None = None,
                  *, log: bool = True, curve_seeds: int = CURVE_SEEDS) -> ReportResult:
     """Build ``out_dir`` (default ``reports/<suite>/``) from the suite's MLflow runs and log it as
-    an artifact of the suite's latest invocation run (``log=False`` skips that)."""
+    an artifact of the suite's latest invocation run (``log=False`` skips that). ``curve_seeds``
+    bounds the seeds per method and dataset whose curves are read (0: every seed)."""
+    if not isinstance(curve_seeds, int) or curve_seeds < 0:
+        raise ConfigError(f"curve_seeds must be a whole number >= 0 (0: every seed), "
+                          f"got {curve_seeds!r}")
     suite = _load(suite)
     out, shown = _out(out_dir, suite if isinstance(suite, str) else suite.name)  # before MLflow
     if isinstance(suite, str):  # no suite file: experiment named after the suite, grid inferred
@@ -114,13 +119,13 @@ def build_report(suite: Any, tracking_uri: str | None = None, out_dir: str | Pat
                              keys_for(runs, dataset_metrics(frame, d))) for d in plan.datasets]
     histories = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=["run_id", "key", "step", "value"])
-    curves = Curves.join(histories, chosen)
+    curves = Curves.join(histories, chosen, curve_seeds)
     claims = check_claims(plan, frame, curves)
     invocations = of_kind(runs, INVOCATION)
     latest = invocations.iloc[0] if len(invocations) else None
     efficiency = efficiency_points(curves)
     tables = {"comparison": comparison_table(plan, frame), "claims": claims_table(claims),
-              "budget": budget_table(plan, frame, efficiency), "cost": cost_table(plan, frame),
+              "budget": budget_table(plan, frame, efficiency, curves.seeds_read), "cost": cost_table(plan, frame),
               "provenance": provenance_table(plan, frame, store.uri, latest)}
 
     with staged(out, shown, name) as tmp:

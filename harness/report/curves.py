@@ -1,8 +1,9 @@
 """Metric histories (curves against step or NFE) averaged over seeds, for figures and claims.
 
-Only finished trials contribute, and per method and dataset only the first ``CURVE_SEEDS`` seeds:
-each history is one tracking-store call per run and key, so this bound is what keeps a report on
-10,000 runs fast. Every figure and claim says how many seeds its curves average.
+Only finished trials contribute, and per method and dataset only the lowest ``CURVE_SEEDS`` seeds
+unless the report asks for more (``fmbench report --curve-seeds``; 0 reads every seed): each history
+is one tracking-store call per run and key, so this bound is what keeps a report on 10,000 runs
+fast. Every figure, table and claim says how many seeds its curves average.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from harness.run.record import LOSS, State, logged_keys
 from harness.report.tables import DatasetMetrics
 
 CURVE_SEEDS = 5
+"""Seeds per (method, dataset) whose histories a report reads by default."""
 ERROR_SOLVER = "midpoint"
 """The fixed-step solver of the numerical-error panel and claim (the paper's Figure 7, left)."""
 
@@ -43,9 +45,17 @@ def keys_for(frame: pd.DataFrame, metrics: DatasetMetrics) -> list[str]:
 
 
 def curve_runs(frame: pd.DataFrame, per_cell: int = CURVE_SEEDS) -> pd.DataFrame:
-    """Finished trials whose histories are read: the lowest ``per_cell`` seeds of each cell."""
-    done = frame[(frame["state"] == State.FINISHED) & frame["run_id"].notna()]
-    return done.sort_values("seed").groupby(["label", "dataset"], sort=False).head(per_cell)
+    """Finished trials whose histories are read: the lowest ``per_cell`` seeds of each cell (0:
+    all of them)."""
+    done = frame[(frame["state"] == State.FINISHED) & frame["run_id"].notna()].sort_values("seed")
+    return done if per_cell == 0 else done.groupby(["label", "dataset"], sort=False).head(per_cell)
+
+
+def seeds_read(per_cell: int) -> str:
+    """How many seeds the curves average, as a caption says it."""
+    if per_cell == 0:
+        return "every finished seed"
+    return f"the first {per_cell} finished seed{'s' if per_cell > 1 else ''}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,11 +63,19 @@ class Curves:
     """Histories joined with their trial's identity: run_id, key, step, value, label, dataset."""
 
     points: pd.DataFrame
+    per_cell: int = CURVE_SEEDS
+    """The bound on seeds read per (method, dataset), 0 for none (:func:`curve_runs`)."""
 
     @classmethod
-    def join(cls, histories: pd.DataFrame, runs: pd.DataFrame) -> "Curves":
+    def join(cls, histories: pd.DataFrame, runs: pd.DataFrame,
+             per_cell: int = CURVE_SEEDS) -> "Curves":
         ids = runs[["run_id", "label", "dataset", "seed"]].astype({"run_id": str})
-        return cls(histories.astype({"run_id": str}).merge(ids, on="run_id", how="inner"))
+        return cls(histories.astype({"run_id": str}).merge(ids, on="run_id", how="inner"),
+                   per_cell)
+
+    @property
+    def seeds_read(self) -> str:
+        return seeds_read(self.per_cell)
 
     def _select(self, label: str, dataset: str, key: str) -> pd.DataFrame:
         p = self.points

@@ -4,8 +4,8 @@ evaluations with which each method and solver comes close to the method's best s
 
 The curves are the record's histories (docs/design.md §5.3): ``<quality>_vs_nfe/<solver>`` (FID of
 images, W2 and MMD of 2-D data; dopri5 one key per tolerance) and ``error/<solver>`` (numerical
-error). Only the seeds :mod:`harness.report.curves` reads (the first ``CURVE_SEEDS`` finished ones)
-appear.
+error). Only the seeds :mod:`harness.report.curves` reads (by default the first ``CURVE_SEEDS``
+finished ones) appear.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pandas as pd
 
 from harness.core.metrics import METRICS
 from harness.core.solvers import SOLVERS
-from harness.report.curves import CURVE_SEEDS, Curves
+from harness.report.curves import CURVE_SEEDS, Curves, seeds_read
 from harness.report.grid import Plan, display_name
 from harness.report.table import Cell, Column, Table
 from harness.report.tables import dataset_metrics
@@ -113,7 +113,8 @@ def budget_cells(rows: pd.DataFrame, solvers: list[str], lower: bool) -> list[Ce
     return [_budget_cell(means[means["solver"] == s], threshold, lower) for s in solvers]
 
 
-def budget_table(plan: Plan, frame: pd.DataFrame, eff: pd.DataFrame) -> Table:
+def budget_table(plan: Plan, frame: pd.DataFrame, eff: pd.DataFrame,
+                 seeds: str = seeds_read(CURVE_SEEDS)) -> Table:
     """The budget table: methods x (dataset, solver), read off the quality curves of
     :func:`points` (W2 for 2-D data, FID for images)."""
     columns: list[Column] = []
@@ -133,7 +134,7 @@ def budget_table(plan: Plan, frame: pd.DataFrame, eff: pd.DataFrame) -> Table:
     caption = (f"Fewest network evaluations at which the seed-mean curve of each solver comes "
                f"within {WITHIN:.0%} of the method's best value ({'; '.join(shown) or 'no curves'}"
                f"), the best taken over all its solvers, budgets and tolerances; means over the "
-               f"first {CURVE_SEEDS} finished seeds. dopri5: the mean NFE of the tolerance named. "
+               f"{seeds}. dopri5: the mean NFE of the tolerance named. "
                f"\"{NOT_REACHED}\": no point of that solver gets there; —: no curve. The "
                f"{WITHIN:.0%} threshold is this report's convention, not the paper's.")
     cells = tuple(tuple(row) for row in by_row)

@@ -18,7 +18,7 @@ import pandas as pd
 from harness.core.metrics import METRICS
 from harness.core.methods import METHODS
 from harness.run.record import LOSS, State, final_column
-from harness.report.curves import CURVE_SEEDS, ERROR_SOLVER, Curves, curve_metrics, during_key
+from harness.report.curves import ERROR_SOLVER, Curves, curve_metrics, during_key
 from harness.report.efficiency import NUMERICAL_ERROR, seed_means, solver_order
 from harness.report.efficiency import points as efficiency_points
 from harness.report.grid import Plan, display_name
@@ -210,7 +210,7 @@ def efficiency_figure(plan: Plan, frame: pd.DataFrame, curves: Curves, dataset: 
     drawn = ("per solver (fixed-step solvers at their NFE budgets, dopri5 at the mean NFE of each "
              "tolerance)" if solvers else "(dopri5 at the suite's tolerance, every finished seed)")
     caption = (f"{dataset}: {names} against NFE {drawn}, and {ERROR_SOLVER} numerical error "
-               f"against NFE. Lines: mean over the first {CURVE_SEEDS} finished seeds; bands and "
+               f"against NFE. Lines: mean over {curves.seeds_read}; bands and "
                "error bars: ± one standard deviation over seeds. Lower is better.")
     return Figure(f"efficiency-{dataset}", f"Sampling efficiency: {dataset}", caption, _png(fig))
 
@@ -231,6 +231,6 @@ def training_figure(plan: Plan, frame: pd.DataFrame, curves: Curves, dataset: st
         ax.set_xlabel("training step")
     _finish(fig, axes, plan, styles, shown)
     caption = (f"{dataset}: loss and {METRICS.get(metrics.quality).display} of the EMA weights "
-               f"against training step, mean over the first {CURVE_SEEDS} finished seeds. Losses "
+               f"against training step, mean over {curves.seeds_read}. Losses "
                "are each method's own objective and are not comparable across methods.")
     return Figure(f"training-{dataset}", f"Training curves: {dataset}", caption, _png(fig))
