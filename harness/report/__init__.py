@@ -132,7 +132,7 @@ def build_report(suite: Any, tracking_uri: str | None = None, out_dir: str | Pat
         content = Content(
             title=f"fmbench report: {name}", banner=status.banner(), complete=status.complete,
             tables=tables, claims=claims,
-            efficiency=[efficiency_figure(plan, frame, curves, d) for d in plan.datasets],
+            efficiency=[efficiency_figure(plan, frame, curves, d, efficiency) for d in plan.datasets],
             training=[training_figure(plan, frame, curves, d) for d in plan.datasets],
             samples=_samples(store, frame, tmp),
             methods=[(label, display_name(plan, label)) for label in plan.labels],

@@ -63,23 +63,25 @@ def points(curves: Curves) -> pd.DataFrame:
                            kind="stable").reset_index(drop=True)[list(COLUMNS)]
 
 
-def seed_means(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per curve point of ``rows`` (one method, dataset and metric): columns solver,
-    tolerance, nfe (mean over seeds: dopri5's differs by seed), mean, std (ddof 1; NaN for one
-    seed), low, high (min and max over seeds) and n (seeds), sorted by solver and NFE.
+def seed_means(rows: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One row per curve point of ``rows`` (one method, dataset and metric, or one per value of
+    the columns ``by``, which lead the result): columns solver, tolerance, nfe (mean over seeds:
+    dopri5's differs by seed), mean, std (ddof 1; NaN for one seed), low, high (min and max over
+    seeds) and n (seeds), sorted by ``by``, solver and NFE. Grouping once by ``by`` is what keeps
+    a figure of many methods and panels fast (one pandas pass, not one per curve).
 
     A fixed-step point is a budget, an adaptive one a tolerance (a dopri5 key without one, from
     fmbench before tolerances were keyed, is one point)."""
+    columns = [*by, "solver", "tolerance", "nfe", "mean", "std", "low", "high", "n"]
     if rows.empty:
-        return pd.DataFrame(columns=["solver", "tolerance", "nfe", "mean", "std", "low", "high",
-                                     "n"])
+        return pd.DataFrame(columns=columns)
     adaptive = rows["solver"].map(lambda s: s in SOLVERS and SOLVERS.get(s).adaptive)
     at = rows["nfe"].where(~adaptive, -1)  # adaptive: the tolerance alone names the point
-    g = rows.assign(at=at, tol=rows["tolerance"].fillna(-1.0)).groupby(["solver", "tol", "at"])
+    g = rows.assign(at=at, tol=rows["tolerance"].fillna(-1.0)).groupby([*by, "solver", "tol", "at"])
     out = g.agg(tolerance=("tolerance", "first"), nfe=("nfe", "mean"), mean=("value", "mean"),
                 std=("value", "std"), low=("value", "min"), high=("value", "max"),
                 n=("value", "count")).reset_index(drop=False)
-    return out.drop(columns=["tol", "at"]).sort_values(["solver", "nfe"]).reset_index(drop=True)
+    return out.sort_values([*by, "solver", "nfe"]).reset_index(drop=True)[columns]
 
 
 def solver_order(present) -> list[str]:
@@ -133,7 +135,7 @@ def budget_table(plan: Plan, frame: pd.DataFrame, eff: pd.DataFrame,
             by_row[i] += budget_cells(rows[rows["method"] == label], solvers, lower)
     caption = (f"Fewest network evaluations at which the seed-mean curve of each solver comes "
                f"within {WITHIN:.0%} of the method's best value ({'; '.join(shown) or 'no curves'}"
-               f"), the best taken over all its solvers, budgets and tolerances; means over the "
+               f"), the best taken over all its solvers, budgets and tolerances; means over "
                f"{seeds}. dopri5: the mean NFE of the tolerance named. "
                f"\"{NOT_REACHED}\": no point of that solver gets there; —: no curve. The "
                f"{WITHIN:.0%} threshold is this report's convention, not the paper's.")

@@ -159,24 +159,29 @@ def _final_points(ax, plan: Plan, frame: pd.DataFrame, styles, dataset: str, qua
     ax.set_title("dopri5 at the suite's tolerance")
 
 
-def _panels(ax, eff: pd.DataFrame, plan: Plan, styles, metric: str, solver: str,
+def _panels(ax, means: pd.DataFrame, plan: Plan, styles, metric: str, solver: str,
             shown: set) -> None:
-    """One metric against NFE for one solver: a band per method."""
-    rows = eff[(eff["metric"] == metric) & (eff["solver"] == solver)]
+    """One metric against NFE for one solver: a band per method (``means``: :func:`seed_means`
+    by method and metric)."""
+    rows = means[(means["metric"] == metric) & (means["solver"] == solver)]
     for label in plan.labels:
-        means = seed_means(rows[rows["method"] == label])
+        means = rows[rows["method"] == label]
         if len(means):
             _band(ax, means, styles[label])
             shown.add(label)
     _positive(ax, "x")
 
 
-def efficiency_figure(plan: Plan, frame: pd.DataFrame, curves: Curves, dataset: str) -> Figure:
+def efficiency_figure(plan: Plan, frame: pd.DataFrame, curves: Curves, dataset: str,
+                      eff: pd.DataFrame | None = None) -> Figure:
     """Sample quality against NFE (rows: W2 and MMD for 2-D data, FID for images; columns: the
-    solvers, dopri5 as a curve over its tolerances), then the numerical error against NFE."""
+    solvers, dopri5 as a curve over its tolerances), then the numerical error against NFE.
+    ``eff``: the curves' points (:func:`harness.report.efficiency.points`) when the caller has
+    them already."""
     dm = dataset_metrics(frame, dataset)
-    eff = efficiency_points(curves)
+    eff = efficiency_points(curves) if eff is None else eff
     eff = eff[eff["dataset"] == dataset]
+    means = seed_means(eff, by=("method", "metric"))
     quality = eff[eff["metric"] != NUMERICAL_ERROR]
     metrics = [m for m in curve_metrics(dm) if m in set(quality["metric"])] or [dm.quality]
     solvers = solver_order(quality["solver"])
@@ -188,7 +193,7 @@ def efficiency_figure(plan: Plan, frame: pd.DataFrame, curves: Curves, dataset: 
     grid = fig.subplots(len(metrics), cols, squeeze=False)
     for r, metric in enumerate(metrics):
         for c, solver in enumerate(solvers):
-            _panels(grid[r][c], eff, plan, styles, metric, solver, shown)
+            _panels(grid[r][c], means, plan, styles, metric, solver, shown)
             grid[r][c].set_title(solver if solver in SOLVERS and not SOLVERS.get(solver).adaptive
                                  else f"{solver} over tolerances")
         if not solvers:
@@ -196,7 +201,7 @@ def efficiency_figure(plan: Plan, frame: pd.DataFrame, curves: Curves, dataset: 
         grid[r][0].set_ylabel(_axis_label(frame, dataset, metric,
                                           "fid_nfe_samples" if solvers else "fid_samples"))
     error = grid[0][-1]
-    _panels(error, eff, plan, styles, NUMERICAL_ERROR, ERROR_SOLVER, shown)
+    _panels(error, means, plan, styles, NUMERICAL_ERROR, ERROR_SOLVER, shown)
     _positive(error, "y")
     error.set_title(f"numerical error, {ERROR_SOLVER}")
     error.set_ylabel("MSE per dim vs dopri5 at 1e-7")
