@@ -262,3 +262,22 @@ def test_test_cluster_and_local_nodes_address_ray_at_loopback(ray_cluster):
                          timeout=300, env={**env, "RAY_AUTH_MODE": "disabled"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "['127.0.0.1'] True"
+
+
+def test_progress_eta_is_the_remaining_trials_at_the_rate_they_have_finished():
+    """30 of 72 finished in 60 s, 2 running and 40 queued: 42 left at 2 s each is 84 s, however
+    long each trial waited in the queue before it ran."""
+    from harness.run.scheduler import TrialState, _Progress
+
+    now = [0.0]
+    out = io.StringIO()
+    progress = _Progress(out, 72, clock=lambda: now[0])
+    states = [TrialState(trial=None, state=State.FINISHED, seconds=55.0) for _ in range(30)]
+    states += [TrialState(trial=None, task="training") for _ in range(2)]
+    states += [TrialState(trial=None) for _ in range(40)]
+    now[0] = 60.0
+    progress.show(states, force=True)
+    assert out.getvalue().strip() == ("40 queued · 2 running · 30 finished · 0 failed · 0 skipped"
+                                      " · elapsed 1m00s · ETA 1m24s")
+    progress.show(states[:30], force=True)
+    assert out.getvalue().strip().endswith("ETA 0s")
