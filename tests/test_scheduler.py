@@ -85,6 +85,12 @@ def test_suite_runs_and_logs_everything_to_mlflow_server(ray_cluster, mlflow_uri
     new_run = [r for r in live if r.data.tags[KEY] == rerun.trial.key][0]
     steps = [m.step for m in client.get_metric_history(new_run.info.run_id, record.LOSS)]
     assert steps == [10, 20, 30, 40]
+    # ... and its during-training curve: step 20 from the checkpoint (training did not run
+    # again), step 40 from the new evaluation, with the values the first run logged.
+    def curve(run_id):
+        return [(m.step, m.value) for m in client.get_metric_history(run_id, record.during("w2"))]
+    old_curve = curve(trial_runs[0].info.run_id)
+    assert sorted(curve(new_run.info.run_id)) == sorted(old_curve) and len(old_curve) == 2
     # --force reruns every trial from step 0 in new runs.
     forced = run_suite(suite, tracking_uri=mlflow_uri, force=True, stream=io.StringIO())
     assert forced.count("finished") == 2 and forced.count("skipped") == 0

@@ -174,6 +174,28 @@ def test_eval_hook_runs_on_schedule_and_changes_nothing(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_checkpoints_keep_the_hooks_metrics_so_a_resumed_run_returns_them_all(tmp_path):
+    """Evaluations run before the checkpoint of their step: resuming at step 20 (or at the end)
+    returns steps 10 and 20 from the checkpoint without calling the hook for them again."""
+    cfg = TrainConfig(steps=30, batch_size=16, log_every=5, eval_every=10, checkpoint_every=10)
+    calls = []
+
+    def hook(step, ema):
+        calls.append(step)
+        return {"score": float(step) / 10}
+
+    method, ds, net = _setup("8gaussians")
+    part = train(method, ds, net, cfg, checkpoint_dir=tmp_path, on_eval=hook, stop_after=20)
+    assert part.during == [(10, {"score": 1.0}), (20, {"score": 2.0})] and calls == [10, 20]
+    method, ds, net = _setup("8gaussians")
+    rest = train(method, ds, net, cfg, checkpoint_dir=tmp_path, on_eval=hook)
+    assert rest.resumed_from == 20 and calls == [10, 20, 30]
+    assert [step for step, _ in rest.during] == [10, 20, 30]
+    method, ds, net = _setup("8gaussians")
+    done = train(method, ds, net, cfg, checkpoint_dir=tmp_path, on_eval=hook)
+    assert done.resumed_from == 30 and calls == [10, 20, 30] and done.during == rest.during
+
+
 def test_learning_rate_schedules():
     const = TrainConfig(steps=100, warmup_steps=10)
     assert [const.lr_factor(s) for s in (0, 4, 9, 10, 99)] == [0.1, 0.5, 1.0, 1.0, 1.0]

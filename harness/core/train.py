@@ -32,9 +32,11 @@ from harness.core.methods import Method
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
-EvalHook = Callable[[int, nn.Module], None]
+EvalHook = Callable[[int, nn.Module], "dict[str, float] | None"]
 """Called every ``eval_every`` steps with (step, EMA network in eval mode); must not touch the
-global RNG or the network's weights (evaluations seed their own generators)."""
+global RNG or the network's weights (evaluations seed their own generators). The metrics it
+returns are kept in the checkpoint (:attr:`TrainResult.during`), so a run that resumes a finished
+or later checkpoint, in another tracking store too, still gets the whole during-training curve."""
 
 Progress = Callable[[int, float], None]
 """Called after every optimizer step with (step, latest logged mean loss or NaN before the first)."""
@@ -174,6 +176,8 @@ class TrainResult:
     seconds: float = 0.0
     resumed_from: int = 0
     earlier_seconds: float = 0.0  # training time of earlier attempts, from the checkpoint
+    during: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    """(step, metrics) of every during-training evaluation, earlier attempts' included."""
 
 
 def pins_batches(device: torch.device, pin_memory: bool) -> bool:
@@ -223,6 +227,7 @@ class _Run:
     gen: torch.Generator
     step: int = 0
     losses: list[tuple[int, float]] = field(default_factory=list)
+    during: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     earlier_seconds: float = 0.0
 
     @classmethod
@@ -256,6 +261,7 @@ class _Run:
             raise CheckpointError(f"checkpoint {path} does not match this model ({exc})"[:300])
         self.step, self.losses = int(state["step"]), [tuple(x) for x in state["losses"]]
         self.earlier_seconds = float(state.get("seconds", 0.0))  # absent in older checkpoints
+        self.during = [(int(step), dict(m)) for step, m in state.get("during", [])]  # likewise
 
     def save(self, path: Path, cfg: TrainConfig, started: float) -> None:
         """Checkpoint the run; ``started``: perf_counter() when this attempt began training."""
@@ -264,6 +270,7 @@ class _Run:
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
             "losses": [list(x) for x in self.losses], "train_config": cfg.resume_key(),
+            "during": [[step, metrics] for step, metrics in self.during],
             "seconds": self.earlier_seconds + time.perf_counter() - started})
 
 
@@ -330,13 +337,14 @@ def _logged_loss(window: torch.Tensor, step: int, n: int, parallel: Parallel) ->
     return mean
 
 
-def _evaluate_ema(on_eval: EvalHook, step: int, ema: nn.Module) -> None:
+def _evaluate_ema(on_eval: EvalHook, step: int, ema: nn.Module) -> dict[str, float] | None:
     """Call ``on_eval`` with the EMA network in eval mode; an evaluation never shifts training's
     RNG."""
     ema.eval()
     with torch.random.fork_rng(devices=[]):
-        on_eval(step, ema)
+        metrics = on_eval(step, ema)
     ema.train()
+    return metrics
 
 
 def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
@@ -392,11 +400,14 @@ def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
             run.losses.append((step, _logged_loss(window, step, n, parallel)))
         if progress is not None and parallel.main:
             progress(step, run.losses[-1][1] if run.losses else math.nan)
+        # evaluate before checkpointing, so the checkpoint of a step holds that step's metrics
+        if on_eval is not None and parallel.main and cfg.eval_every and step % cfg.eval_every == 0:
+            metrics = _evaluate_ema(on_eval, step, run.ema)
+            if metrics is not None:
+                run.during.append((step, {k: float(v) for k, v in metrics.items()}))
         if ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps) \
                 and ckpt_path is not None and parallel.main:
             run.save(ckpt_path, cfg, started)
-        if on_eval is not None and parallel.main and cfg.eval_every and step % cfg.eval_every == 0:
-            _evaluate_ema(on_eval, step, run.ema)
         if stop_after is not None and step >= stop_after:
             break
     if distributed:  # no rank returns (and tears the group down) before rank 0 has checkpointed
@@ -404,4 +415,4 @@ def train(method: Method, dataset: Dataset, net: nn.Module, cfg: TrainConfig, *,
     run.net.eval()
     run.ema.eval()
     return TrainResult(run.net, run.ema, run.step, run.losses, time.perf_counter() - started,
-                       resumed_from, run.earlier_seconds)
+                       resumed_from, run.earlier_seconds, run.during)

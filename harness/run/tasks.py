@@ -50,12 +50,13 @@ def train_logged(spec, checkpoint_dir: str, logger: RunLogger, device, parallel=
             _node_id(), str(device), os.environ.get("CUDA_VISIBLE_DEVICES", ""),
             parallel.world_size, spec.train.batch_size), **code_tags(code)})
         losses = _LossUploader(writer, prep.spec.train.log_every)
-        on_eval = _during_training(prep, writer, device)
+        on_eval = _DuringTraining(prep, writer, device)
     result = train_trial(prep, checkpoint_dir, device=device, progress=losses and losses.add,
                          on_eval=on_eval, parallel=parallel)
     if not parallel.main:
         return None
     losses.flush(result.losses)  # the whole curve: also what the checkpoint restored
+    on_eval.fill(result.during)  # likewise the during-training evaluations
     # Training time over every attempt (the checkpoint carries the earlier ones), and this one's.
     writer.log_train_time(result.earlier_seconds + result.seconds, result.seconds, result.step)
     # The evaluation's shards, planned here where the data are loaded (the driver never loads them).
@@ -64,20 +65,31 @@ def train_logged(spec, checkpoint_dir: str, logger: RunLogger, device, parallel=
             "device": str(device), "shards": plan}
 
 
-def _during_training(prep, writer: TrialWriter, device):
-    """The evaluation hook of a training run: each eval_every step logged once across attempts,
-    the final step left to the eval task."""
-    evaluated = writer.evaluated_steps()  # by an earlier attempt of this run
+class _DuringTraining:
+    """The evaluation hook of a training run: each eval_every step but the last (the eval task's)
+    is evaluated, kept in the checkpoint and logged once across attempts; :meth:`fill` logs what
+    the checkpoint holds and the run lacks (a run that resumed a checkpoint written under another
+    run or tracking store)."""
 
-    def on_eval(step: int, ema) -> None:
+    def __init__(self, prep, writer: TrialWriter, device) -> None:
+        self.prep, self.writer, self.device = prep, writer, device
+        self.logged = writer.evaluated_steps()  # by an earlier attempt of this run
+
+    def __call__(self, step: int, ema) -> dict[str, float] | None:
         from harness.core.evaluate import evaluate_during_training
 
-        if step == prep.spec.train.steps or step in evaluated:
-            return
-        metrics = evaluate_during_training(prep.method, ema, prep.dataset, prep.spec.eval, device)
-        writer.log_during(metrics, step)
+        if step == self.prep.spec.train.steps:
+            return None
+        p = self.prep
+        metrics = evaluate_during_training(p.method, ema, p.dataset, p.spec.eval, self.device)
+        self.fill([(step, metrics)])
+        return metrics
 
-    return on_eval
+    def fill(self, during) -> None:
+        for step, metrics in during:
+            if step not in self.logged:
+                self.writer.log_during(metrics, step)
+                self.logged.add(step)
 
 
 class _LossUploader:
