@@ -151,3 +151,15 @@ def test_result_lines():
     assert not CheckResult("x", math.nan, 1.0).passed
     skip = CheckResult("x", None, 1.0, note="why")
     assert skip.passed and skip.line().endswith("SKIP  why")
+
+
+def test_check_prints_no_warning_of_torch_internals():
+    """torch's first forward-mode call warns about its own use of torch.jit.script; as an error
+    here, a leak would fail the check lines."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-m", "harness.cli",
+                           "check", "fm-ot"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "FAIL" not in proc.stdout, proc.stdout + proc.stderr
+    assert proc.stdout.strip().endswith("fm-ot: 5/5 checks passed")

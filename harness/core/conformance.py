@@ -10,12 +10,13 @@ the same checks, so a plugin is held to exactly the bar the built-ins pass.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.func import jvp
+from torch.func import jvp as _torch_jvp
 
 from harness.core.analytic import GaussianData
 from harness.core.likelihood import log_likelihood
@@ -95,6 +96,15 @@ class ExactNetwork(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return exact_output(self.method, self.data, t.to(x.dtype), x)
+
+
+def jvp(fn, primals, tangents):
+    """torch.func.jvp without the FutureWarning torch's first forward-mode call prints about its own
+    internal use of torch.jit.script (not ours; it would open every `fmbench check` output)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated",
+                                category=FutureWarning)
+        return _torch_jvp(fn, primals, tangents)
 
 
 def path_derivative_gap(path: AffinePath, n: int = 64, seed: int = 1) -> float:
