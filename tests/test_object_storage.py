@@ -330,6 +330,9 @@ def test_nodes_without_a_shared_folder_train_resume_and_evaluate_through_s3(ray_
         ray_cluster.remove_node(nodes[0], allow_graceful=False)
         nodes.append(node("b", 3))
         _wait_for(lambda: step() == 600, 240, "node B to finish training from the bucket")
+        # The last checkpoint is written before the train task returns; removing B in between
+        # would rerun the task on C (found in CI). Its CPUs are free once it has returned.
+        _wait_for(_all_cpus_free, 60, "node B's train task to return")
         ray_cluster.remove_node(nodes[1])
         nodes.append(node("c", 4))
         summary = _result(thread, box, 240)
@@ -352,6 +355,13 @@ def test_nodes_without_a_shared_folder_train_resume_and_evaluate_through_s3(ray_
                                          f"ckpt/cloud/{trial.key}/config.json"]
     assert not (tmp_path / "ckpt").exists()  # the suite's own (local) folder was never used
     assert not any(tmp_path.rglob("checkpoint.pt"))  # nor any node's temporary folder
+
+
+def _all_cpus_free() -> bool:
+    """No task holds a CPU (the evaluation that fits no node yet is pending, holding none)."""
+    import ray
+
+    return ray.available_resources().get("CPU", 0) >= ray.cluster_resources().get("CPU", 0)
 
 
 def _trial_run(uri: str, experiment: str):
