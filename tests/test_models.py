@@ -62,6 +62,12 @@ def test_shape_dtype_and_scalar_time(name, shape, opts):
     # A scalar t (as solvers pass) means the same time for every example.
     torch.testing.assert_close(model(x, torch.tensor(0.3)), model(x, torch.full((3,), 0.3)))
     torch.testing.assert_close(model(x, 0.3), model(x, torch.full((3,), 0.3)))
+    # ...and its time code is computed once, then broadcast over the batch.
+    rows = []
+    model.time_embed.register_forward_hook(lambda module, args, out: rows.append(len(out)))
+    model(x, torch.tensor(0.3))
+    model(x, t)
+    assert rows == [1, 3]
     # float64 times (from float64 solver grids) must not break a float32 network.
     assert model(x, t.double()).dtype == torch.float32
 
@@ -202,7 +208,8 @@ def test_time_embedding_shapes_and_scale():
     assert (sinusoidal_embedding(t, 64, scale=1000.0)[0]
             - sinusoidal_embedding(t, 64, scale=1000.0)[1]).abs().max() > 0.3
     assert sinusoidal_embedding(t, 7).shape == (2, 7)
-    assert batch_times(0.1, 4, torch.zeros(1)).shape == (4,)
+    assert batch_times(0.1, 4, torch.zeros(1)).shape == (1,)  # broadcast, computed once
+    assert batch_times(torch.rand(4), 4, torch.zeros(1)).shape == (4,)
     with pytest.raises(ValueError):
         batch_times(torch.zeros(3), 4, torch.zeros(1))
 

@@ -104,10 +104,12 @@ class Method(ABC):
         """Marginal velocity v_t(x) implied by the network output at (x, t)."""
 
     def velocity_field(self, net: nn.Module) -> VelocityField:
-        """The ODE right-hand side v(t, x) built from ``net``; every sampler and NLL uses it."""
+        """The ODE right-hand side v(t, x) built from ``net``; every sampler and NLL uses it. The
+        network and :meth:`velocity` get the solver's one time as a 0-d tensor, so the network
+        computes its time code once per call, not once per example."""
 
         def field(t: Tensor, x: Tensor) -> Tensor:
-            tb = t.reshape(()).expand(x.shape[0]).to(x.dtype)
+            tb = t.reshape(()).to(x.dtype)
             return self.velocity(net(x, tb), x, tb)
 
         return field

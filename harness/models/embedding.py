@@ -43,16 +43,19 @@ def check_time_scale(value: object, model: str) -> float:
 
 
 def batch_times(t: torch.Tensor | float, batch: int, like: torch.Tensor) -> torch.Tensor:
-    """Broadcast a time to one value per example, so solvers may pass a scalar t.
+    """A time per example, or one shared time, so solvers may pass a scalar t.
 
-    t: scalar (python float or 0-d tensor), shape (1,), or (batch,). Returns (batch,) on the device
-    of ``like``; the dtype is kept (the embedding casts it to its own weights' dtype).
+    t: scalar (python float or 0-d tensor), shape (1,), or (batch,). Returns (batch,), or (1,) for
+    a single time: the network then computes its time code once and broadcasts it over the batch,
+    where a copy per example would spend about half of a 2-D MLP's multiply-adds on identical rows
+    (the solvers call every network with a scalar t). On the device of ``like``; the dtype is
+    kept (the embedding casts it to its own weights' dtype).
     """
     t = torch.as_tensor(t, device=like.device)
     if not t.is_floating_point():
         t = t.to(torch.float32)
     if t.numel() == 1:
-        return t.reshape(1).expand(batch)
+        return t.reshape(1)
     if t.numel() != batch:
         raise ValueError(f"t must be a scalar or have one value per example ({batch}), "
                          f"got shape {tuple(t.shape)}")

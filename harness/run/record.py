@@ -367,20 +367,16 @@ class TrialWriter:
         """The final metrics (also the last point of the during-training curves when ``step`` is
         one of theirs: ``on_curve``), the error curves by solver, the quality-vs-NFE curves by
         metric, solver and dopri5 tolerance (:func:`vs_nfe`), and any warnings.
-        ``evaluation``: an :class:`harness.core.evaluation_types.EvalResult`."""
-        self.logger.log_metrics({final(k): v for k, v in metrics.items()}, step=step)
+        ``evaluation``: an :class:`harness.core.evaluation_types.EvalResult`. One store call
+        for all of them."""
+        points = [(final(k), v, step) for k, v in metrics.items()]
         if on_curve:
-            self.log_during({k: metrics[k] for k in DURING_AT_END if k in metrics}, step)
-        for solver in {p.solver for p in evaluation.error_curve}:
-            self.logger.log_history(error(solver), [
-                (p.nfe, p.error) for p in evaluation.error_curve if p.solver == solver])
-        quality: dict[str, list[tuple[int, float]]] = {}
+            points += [(during(k), metrics[k], step) for k in DURING_AT_END if k in metrics]
+        points += [(error(p.solver), p.error, p.nfe) for p in evaluation.error_curve]
         for p in evaluation.quality_curve:  # MLflow steps are ints
-            for metric, value in p.values.items():
-                key = vs_nfe(metric, p.solver, p.tol)
-                quality.setdefault(key, []).append((round(p.nfe), value))
-        for key, points in quality.items():
-            self.logger.log_history(key, points)
+            points += [(vs_nfe(metric, p.solver, p.tol), value, round(p.nfe))
+                       for metric, value in p.values.items()]
+        self.logger.log_points(points)
         if evaluation.warnings:
             self.logger.set_tags({WARNINGS: " | ".join(evaluation.warnings)[:5000]})
 

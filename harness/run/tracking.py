@@ -103,7 +103,9 @@ class RunLogger:
         client = mlflow_client(self.uri)
         return retry(lambda: fn(client), f"{what} for run {self.run_id}")
 
-    def _log_points(self, points: Iterable[tuple[str, float, int]]) -> None:
+    def log_points(self, points: Iterable[tuple[str, float, int]]) -> None:
+        """(key, value, step) points of any metrics, in as few store calls as MLflow allows (one
+        per 500: an evaluation's curves cost one transaction, not one per curve)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -113,11 +115,11 @@ class RunLogger:
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         """Several metrics at one step."""
-        self._log_points((k, v, step) for k, v in metrics.items())
+        self.log_points((k, v, step) for k, v in metrics.items())
 
     def log_history(self, key: str, points: Iterable[tuple[int, float]]) -> None:
         """One metric at several steps: (step, value) pairs."""
-        self._log_points((key, v, step) for step, v in points)
+        self.log_points((key, v, step) for step, v in points)
 
     def logged_steps(self, key: str) -> set[int]:
         """The steps at which metric ``key`` has been logged in this run."""
