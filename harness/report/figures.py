@@ -125,7 +125,7 @@ def _curve(ax, curves: Curves, plan: Plan, styles, dataset: str, key: str, shown
 def _positive(ax, axis: str) -> None:
     """Log scale where every value drawn is positive (errors and losses span decades); NFE
     budgets double, so their axis is base 2 with plain numbers."""
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import NullLocator, ScalarFormatter
 
     values = [v for line in ax.get_lines() for v in (line.get_ydata() if axis == "y"
                                                       else line.get_xdata())]
@@ -136,6 +136,7 @@ def _positive(ax, axis: str) -> None:
     else:
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())  # unlabelled minor ticks: ~30% of the drawing
 
 
 def _band(ax, means: pd.DataFrame, style: Style) -> None:
