@@ -4,8 +4,8 @@
     python benchmarks/report_scale.py --runs 2000     # other sizes
     python benchmarks/report_scale.py --tiny          # 100 runs: a quick end-to-end check for CI
 
-For each size it synthesizes a suite of that many trials (the smoke suite's 7 methods x 3 datasets
-with as many seeds as it takes) in a fresh SQLite MLflow store, then times ``build_report`` on it
+For each size it synthesizes a suite of that many trials (every method on the three 2-D datasets,
+with the smoke suite's settings and as many seeds as it takes) in a fresh SQLite MLflow store, then times ``build_report`` on it
 (wall and CPU seconds: CPU time shows what other load on the machine added to the wall time) after
 one untimed report on a small store, so imports and first-use costs fall in no row. Prints one
 table and a one-line summary (linear growth? 10,000 runs under 30 s?).
@@ -41,9 +41,15 @@ from harness.run.suite import load_suite  # noqa: E402
 from harness.run import record  # noqa: E402
 from harness.run.record import State, flatten  # noqa: E402
 
+METHODS = ["ddpm", "score-matching", "score-matching-ve", "scoreflow", "fm-diffusion", "fm-ot",
+           "rectified-flow", "ot-cfm"]
+DATASETS = ["8gaussians", "moons", "circles"]
+PER_SEED = len(METHODS) * len(DATASETS)
 SUITE = """\
 name: scale
 include: {smoke}
+methods: {methods}
+datasets: {datasets}
 seeds: {seeds}
 """
 QUALITY = {"8gaussians": 0.3, "moons": 0.15, "circles": 0.2}
@@ -66,7 +72,8 @@ def synthesize(folder: Path, n: int) -> tuple[str, object]:
 
     path = folder / "scale.yaml"
     smoke = ROOT / "suites" / "smoke.yaml"
-    path.write_text(SUITE.format(smoke=smoke, seeds=math.ceil(n / 21)))
+    path.write_text(SUITE.format(smoke=smoke, methods=METHODS, datasets=DATASETS,
+                                 seeds=math.ceil(n / PER_SEED)))
     suite = load_suite(path)
     trials = suite.trials()[:n]
     configs = _configs(suite)
@@ -152,7 +159,7 @@ def main() -> None:
     args = p.parse_args()
     sizes = [100] if args.tiny else sorted(args.runs)
     if not args.tiny:
-        measure(21)  # warm-up: imports and first-use costs would otherwise land on the first row
+        measure(PER_SEED)  # warm-up: imports and first-use costs would otherwise land on the first row
     print(f"{'runs':>7} {'finished':>8} {'synthesize s':>12} {'search s':>8} {'report s':>9} "
           f"{'report cpu s':>12} {'report s / 1k runs':>18} {'load/core':>9}", flush=True)
     rows = []

@@ -29,7 +29,7 @@ def _write(tmp_path, name="cli", steps=40):
 
 def test_validate_and_plan(tmp_path, capsys):
     assert main(["validate", str(ROOT / "suites" / "smoke.yaml")]) == 0
-    assert "ok (72 trials)" in capsys.readouterr().out
+    assert "ok (30 trials)" in capsys.readouterr().out
     assert main(["plan", str(_write(tmp_path))]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "suite cli: 2 trials (2 methods x 1 datasets x 1 seeds)"

@@ -88,7 +88,7 @@ def test_readme_validate_plan_list_and_trial_help(cheap):
     assert ran["validate"][1].stdout.strip() == "suites/smoke.yaml: ok (30 trials)"
     plan = ran["plan"][1].stdout.splitlines()
     assert plan[0] == "suite smoke: 30 trials (5 methods x 2 datasets x 3 seeds)"
-    assert len(plan) == 2 + 72 and plan[2].startswith("fm-ot-8gaussians-s0 ")
+    assert len(plan) == 2 + 30 and plan[2].startswith("ddpm-8gaussians-s0 ")
     listing = ran["list"][1].stdout
     assert all(f"{family}:" in listing for family in ("methods", "datasets", "solvers", "metrics"))
     assert "  fm-ot " in listing and "  moons " in listing
