@@ -69,11 +69,12 @@ def trained(method_name: str) -> tuple[MLP, torch.Tensor]:
 
 
 def net_velocity(net):
-    """The peers' view of a velocity network: called with a scalar time t, as their solvers do.
-    fm-ot, rectified-flow and fm-diffusion predict velocity, so the network output is the field."""
+    """The peers' view of a velocity network: called with the solver's scalar time t, as their
+    solvers do (the network broadcasts it over the batch). fm-ot, rectified-flow and fm-diffusion
+    predict velocity, so the network output is the field."""
 
     def velocity(x, t):
-        return net(x, t.reshape(()).expand(x.shape[0]).to(x.dtype))
+        return net(x, t.reshape(()).to(x.dtype))
 
     return velocity
 
@@ -328,7 +329,7 @@ def test_sampling_nfe_matches_plain_torchdiffeq(method_name):
     t_max = 1 - 1e-5; 1 for fm-ot), the state's dtype for the time grid, and fmbench's
     ``step_t = [t_max]``, which makes dopri5 land a step on the end time instead of overshooting
     and interpolating back (past t_max the VP path is undefined). Both predict velocity, so the
-    plain field is the network output at a per-example copy of the scalar time."""
+    plain field is the network output at the scalar time."""
     method = build_method(method_name)
     net, _ = trained(method_name)
     noise = torch.randn(256, 2, generator=torch.Generator().manual_seed(2))
