@@ -5,10 +5,10 @@
     python benchmarks/report_scale.py --tiny          # 100 runs: a quick end-to-end check for CI
 
 For each size it synthesizes a suite of that many trials (every method on the three 2-D datasets,
-with the smoke suite's settings and as many seeds as it takes) in a fresh SQLite MLflow store, then times ``build_report`` on it
-(wall and CPU seconds: CPU time shows what other load on the machine added to the wall time) after
-one untimed report on a small store, so imports and first-use costs fall in no row. Prints one
-table and a one-line summary (linear growth? 10,000 runs under 30 s?).
+with the smoke suite's settings and as many seeds as it takes) in a fresh SQLite MLflow store, then
+times ``build_report`` on it (wall and CPU seconds: CPU time shows what other load on the machine
+added to the wall time) after one untimed report on a small store, so imports and first-use costs
+fall in no row. Prints one table and a one-line summary (linear growth? 10,000 runs under 30 s?).
 
 The store and experiment are created through MLflow (so the schema is MLflow's own) and the runs are
 then written with bulk SQL inserts into MLflow's tables: MlflowClient writes about 10 runs a second
@@ -159,7 +159,7 @@ def main() -> None:
     args = p.parse_args()
     sizes = [100] if args.tiny else sorted(args.runs)
     if not args.tiny:
-        measure(PER_SEED)  # warm-up: imports and first-use costs would otherwise land on the first row
+        measure(PER_SEED)  # warm-up: imports and first-use costs would otherwise land in row 1
     print(f"{'runs':>7} {'finished':>8} {'synthesize s':>12} {'search s':>8} {'report s':>9} "
           f"{'report cpu s':>12} {'report s / 1k runs':>18} {'load/core':>9}", flush=True)
     rows = []

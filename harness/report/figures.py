@@ -236,7 +236,7 @@ def training_figure(plan: Plan, frame: pd.DataFrame, curves: Curves, dataset: st
     """Training loss and sample quality against training step."""
     metrics = dataset_metrics(frame, dataset)
     styles, shown = palette(plan), set()
-    fig, grid = _new_grid(1, 2, plan, width=4.2, height=3.2)
+    fig, grid = _new_grid(1, 2, plan, width=4.2)
     axes = grid[0]
     _curve(axes[0], curves, plan, styles, dataset, LOSS, shown)
     _positive(axes[0], "y")

@@ -22,12 +22,17 @@ def _pyplot():
 
 
 def _save(fig, path: str | Path, **margins: float) -> Path:
-    """Write a 2-D data figure with fixed margins (fractions of the figure): one draw, where
-    ``bbox_inches="tight"`` draws twice; the figures took about a third of a 2-D trial's
-    evaluation task (profiled December 2026)."""
+    """Write and close ``fig``. With ``margins`` (fractions of the figure; the 2-D figures, whose
+    layout is fixed) it is drawn once; without, the layout is measured (image grids of any shape
+    and title length), which draws it twice: the 2-D figures took about a third of a 2-D trial's
+    evaluation task that way (profiled December 2026)."""
     plt = _pyplot()
-    fig.subplots_adjust(**margins)
-    fig.savefig(path, dpi=100)
+    if margins:
+        fig.subplots_adjust(**margins)
+        fig.savefig(path, dpi=100)
+    else:
+        fig.tight_layout()
+        fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return Path(path)
 
@@ -66,10 +71,7 @@ def image_grid(images: Tensor, path: str | Path, title: str = "", max_images: in
               interpolation="nearest")
     ax.axis("off")
     ax.set_title(title)
-    fig.tight_layout()  # grids of any shape and title length: measured, not fixed, margins
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def trajectory_figure(times: Tensor, states: Tensor, path: str | Path, title: str = "",
